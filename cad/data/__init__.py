@@ -1,0 +1,1 @@
+"""Data: DICOM reading, study assembly, preprocessing, the phantom, manifests, splits, balance, augment."""

@@ -1,0 +1,73 @@
+"""Device and numeric-precision choices: CUDA with AMP when present, else CPU with bf16.
+
+On CPUs with AVX-512 BF16 (or AMX) autocast to bfloat16 roughly doubles convolution
+throughput; elsewhere the CPU path stays fp32. ``precision`` in the config can force
+either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: plain fp32
+    channels_last: bool
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        return self.device.type == "cuda" and self.amp_dtype == torch.float16
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.amp_dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
+            yield
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        if self.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+
+def cpu_supports_bf16() -> bool:
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def select_runtime(precision: str = "auto", channels_last: bool = True) -> Runtime:
+    """Pick device and autocast dtype. precision: auto | bf16 | fp32."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        if precision == "fp32":
+            dtype = None
+        elif torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float16
+        return Runtime(device, dtype, channels_last)
+    device = torch.device("cpu")
+    if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
+        return Runtime(device, None, channels_last)
+    return Runtime(device, torch.bfloat16, channels_last)
+
+
+def describe(runtime: Runtime) -> str:
+    dtype = "fp32" if runtime.amp_dtype is None else str(runtime.amp_dtype).removeprefix("torch.")
+    layout = ", channels_last" if runtime.channels_last else ""
+    return f"{runtime.device.type} ({dtype} autocast{layout})"

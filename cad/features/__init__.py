@@ -1,0 +1,1 @@
+"""One-pass multi-node feature extraction with global pooling."""

@@ -1,0 +1,214 @@
+"""The transfer model: a backbone cut at the connection node, frozen up to the fine-tuning node,
+with a new two-layer fully-connected head.
+
+Cutting and freezing work on the torch.fx graph that torchvision's feature extraction traces,
+so they are the same for every backbone in the registry: the body computes the connection
+node; every module that the fine-tuning node's value depends on is frozen (and kept in eval
+mode, which also fixes its BatchNorm statistics and disables its dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import fx, nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+FINETUNE_KEY = "finetune"
+FEATURES_KEY = "features"
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std so that inputs match what the weights expect."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+        super().__init__()
+        mean = list(mean) * channels if len(mean) == 1 else list(mean)
+        std = list(std) * channels if len(std) == 1 else list(std)
+        if len(mean) != channels:  # e.g. ImageNet stats with 1-channel input: use their average
+            mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Head(nn.Module):
+    """Global average pool -> Linear(hidden) -> ReLU -> Dropout -> Linear(classes)."""
+
+    def __init__(self, in_features: int, hidden: int, dropout: float, classes: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:
+            x = x.flatten(2).mean(dim=2)
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class TransferModel(nn.Module):
+    """normalize -> body (backbone up to the connection node) -> head."""
+
+    def __init__(self, normalize: Normalize, body: nn.Module, head: Head) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.body = body
+        self.head = head
+        self.frozen_modules: list[str] = []
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))[FEATURES_KEY]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        modules = dict(self.body.named_modules())
+        for name in self.frozen_modules:
+            modules[name].eval()
+        return self
+
+    def frozen_parameters(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if not p.requires_grad}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def _graph(module: nn.Module) -> fx.Graph:
+    # create_feature_extractor returns a DualGraphModule when train and eval graphs differ
+    return getattr(module, "eval_graph", None) or module.graph
+
+
+def _output_node(graph: fx.Graph, key: str) -> fx.Node:
+    output = next(n for n in graph.nodes if n.op == "output")
+    return output.args[0][key]
+
+
+def ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(node.all_input_nodes)
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.all_input_nodes)
+    return seen
+
+
+def cut_backbone(backbone: nn.Module, finetune_node: str, connection_node: str) -> fx.GraphModule:
+    """The backbone up to ``connection_node``; returns ``{finetune, features}`` tensors."""
+    backbone.eval()
+    return create_feature_extractor(
+        backbone, return_nodes={finetune_node: FINETUNE_KEY, connection_node: FEATURES_KEY}
+    )
+
+
+def frozen_module_names(body: fx.GraphModule) -> list[str]:
+    """Modules that compute the fine-tuning node's tensor (it included)."""
+    target = _output_node(_graph(body), FINETUNE_KEY)
+    names = {n.target for n in ancestors(target) | {target} if n.op == "call_module"}
+    return sorted(str(name) for name in names)
+
+
+def freeze(model: TransferModel) -> list[str]:
+    """Freeze every module and attribute the fine-tuning node depends on; returns their names."""
+    body = model.body
+    graph = _graph(body)
+    target = _output_node(graph, FINETUNE_KEY)
+    upstream = ancestors(target) | {target}
+    names = frozen_module_names(body)
+    modules = dict(body.named_modules())
+    for name in names:
+        for param in modules[name].parameters():
+            param.requires_grad_(False)
+    for node in upstream:
+        if node.op == "get_attr":
+            attr = body.get_parameter(node.target) if _is_param(body, node.target) else None
+            if attr is not None:
+                attr.requires_grad_(False)
+    model.frozen_modules = names
+    model.train(model.training)
+    return names
+
+
+def _is_param(module: nn.Module, target: str) -> bool:
+    try:
+        module.get_parameter(target)
+    except AttributeError:
+        return False
+    return True
+
+
+def split_prefix(body: fx.GraphModule) -> tuple[fx.GraphModule, fx.GraphModule] | None:
+    """Split the body into (prefix -> finetune tensor, suffix: finetune tensor -> features).
+
+    Returns None when the part after the fine-tuning node also reads other frozen
+    intermediates (then the prefix output alone cannot be cached). Both halves share the
+    body's modules, so they compute exactly what the body computes.
+    """
+    graph = _graph(body)
+    target = _output_node(graph, FINETUNE_KEY)
+    features = _output_node(graph, FEATURES_KEY)
+    upstream = ancestors(target)
+
+    prefix = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        if node in upstream or node is target:
+            env[node] = prefix.node_copy(node, lambda n: env[n])
+    prefix.output(env[target])
+
+    suffix = fx.Graph()
+    env = {target: suffix.placeholder("finetune_value")}
+    needed = ancestors(features) | {features}
+    for node in graph.nodes:
+        if node in env or node not in needed or node.op == "output":
+            continue
+        if node in upstream:
+            if node.op != "get_attr":
+                continue  # computed before the fine-tuning node; only reachable via inputs
+            env[node] = suffix.node_copy(node, lambda n: env[n])
+            continue
+        if any(arg in upstream and arg not in env for arg in node.all_input_nodes):
+            return None
+        env[node] = suffix.node_copy(node, lambda n: env[n])
+    suffix.output(env[features])
+    return fx.GraphModule(body, prefix), fx.GraphModule(body, suffix)
+
+
+@torch.no_grad()
+def output_shape(module: nn.Module, in_chans: int, size: int, key: str) -> tuple[int, ...]:
+    was_training = module.training
+    module.eval()
+    shape = tuple(module(torch.zeros(1, in_chans, size, size))[key].shape[1:])
+    module.train(was_training)
+    return shape
+
+
+def build_transfer_model(
+    backbone: nn.Module,
+    finetune_node: str,
+    connection_node: str,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int,
+    size: int,
+    hidden: int,
+    dropout: float,
+    classes: int = 2,
+) -> TransferModel:
+    """Cut ``backbone``, attach a fresh head and freeze up to ``finetune_node``."""
+    body = cut_backbone(backbone, finetune_node, connection_node)
+    shape = output_shape(body, in_chans, size, FEATURES_KEY)
+    head = Head(shape[0], hidden, dropout, classes)
+    model = TransferModel(Normalize(mean, std, in_chans), body, head)
+    freeze(model)
+    return model

@@ -1,0 +1,236 @@
+"""Fine-tuning loop: frozen prefix cached once, only the trainable part runs every epoch.
+
+With offline (or no) augmentation the frozen prefix is a pure function of a fixed set of
+images, so its output is computed once and each step runs suffix + head only: the same
+maths as running the whole network (a test compares the losses). Online augmentation
+falls back to full forwards. Early stopping on validation F1; checkpoints are atomic
+safetensors files so that a killed run resumes at the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import f1_score
+from torch import nn
+
+from cad.config import AugmentConfig, FinetuneConfig
+from cad.data.augment import apply, make_augment
+from cad.device import Runtime
+from cad.finetune.model import TransferModel, split_prefix
+
+log = logging.getLogger("cad.finetune")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_f1: float = -1.0
+    val_prob: np.ndarray | None = None
+    used_prefix_cache: bool = False
+
+
+@torch.inference_mode()
+def _run_in_batches(fn: Callable, data: torch.Tensor, batch: int, runtime: Runtime) -> torch.Tensor:
+    outs = []
+    for start in range(0, len(data), batch):
+        with runtime.autocast():
+            outs.append(fn(runtime.batch(data[start : start + batch])))
+    return torch.cat(outs)
+
+
+def predict_proba(model: TransferModel, images: np.ndarray, runtime: Runtime, batch: int = 64) -> np.ndarray:
+    """Positive-class probabilities for (N, C, H, W) images (used by evaluate and score)."""
+    model.eval()
+    data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    logits = _run_in_batches(model, data, batch, runtime)
+    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+
+
+class _Checkpoint:
+    """Atomic per-epoch checkpoint: tensors in safetensors, the rest in JSON."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        opt = optimizer.state_dict()
+        for index, slots in opt["state"].items():
+            for name, value in slots.items():
+                tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        meta = {**state, "param_groups": opt["param_groups"]}
+        tmp = self.directory / f".ckpt-{os.getpid()}.safetensors"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.directory / "last.safetensors")
+        tmp_json = self.directory / f".ckpt-{os.getpid()}.json"
+        tmp_json.write_text(json.dumps(meta))
+        os.replace(tmp_json, self.directory / "last.json")  # last: marks the pair complete
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+        if self.directory is None or not (self.directory / "last.json").exists():
+            return None
+        meta = json.loads((self.directory / "last.json").read_text())
+        tensors = load_file(str(self.directory / "last.safetensors"))
+        if meta.get("epoch") is None:
+            return None
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                opt_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        return meta
+
+
+def _optimizer(params: list[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_at(epoch: int, cfg: FinetuneConfig) -> float:
+    if cfg.scheduler == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr
+
+
+def _loss_fn(labels: np.ndarray, cfg: FinetuneConfig, runtime: Runtime) -> nn.Module:
+    if cfg.loss == "weighted":
+        counts = np.bincount(labels, minlength=2).astype(np.float64)
+        weights = counts.sum() / (2 * np.maximum(counts, 1))
+        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=runtime.device))
+    return nn.CrossEntropyLoss()
+
+
+def train(
+    model: TransferModel,
+    images: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    cfg: FinetuneConfig,
+    augment: AugmentConfig,
+    runtime: Runtime,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices."""
+    model = runtime.prepare(model)
+    online = augment.mode == "online" and augment.copies >= 0 and augment.mode != "none"
+    halves = split_prefix(model.body) if cfg.cache_prefix and not online else None
+    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    x_val = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32))
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    result = TrainResult(used_prefix_cache=halves is not None)
+
+    if halves is not None:
+        prefix, suffix = halves
+        model.eval()
+        # frozen prefix: computed once for every training and validation image
+        cache = _run_in_batches(lambda b: prefix(model.normalize(b)), x_all, cfg.batch_size, runtime)
+        val_cache = _run_in_batches(lambda b: prefix(model.normalize(b)), x_val, cfg.batch_size, runtime)
+
+        def forward_train(idx: torch.Tensor) -> torch.Tensor:
+            return model.head(suffix(runtime.batch(cache[idx].clone())))
+
+        def val_logits() -> torch.Tensor:
+            return _run_in_batches(lambda b: model.head(suffix(b)), val_cache, cfg.batch_size, runtime)
+    else:
+        transform = make_augment(augment) if online else None
+
+        def forward_train(idx: torch.Tensor) -> torch.Tensor:
+            batch = x_all[idx]
+            if transform is not None:
+                batch = torch.from_numpy(np.stack([apply(transform, img) for img in batch.numpy()]))
+            return model(runtime.batch(batch))
+
+        def val_logits() -> torch.Tensor:
+            return _run_in_batches(model, x_val, cfg.batch_size, runtime)
+
+    params = model.trainable_parameters()
+    optimizer = _optimizer(params, cfg)
+    loss_fn = _loss_fn(np.asarray(labels)[order], cfg, runtime)
+    scaler = torch.amp.GradScaler("cuda") if runtime.uses_grad_scaler else None
+    ckpt = _Checkpoint(checkpoint_dir)
+    start_epoch, best_state, stale = 0, None, 0
+    resumed = ckpt.load(model, optimizer)
+    if resumed is not None:
+        start_epoch = resumed["epoch"] + 1
+        result.history = resumed["history"]
+        result.best_epoch, result.best_val_f1 = resumed["best_epoch"], resumed["best_val_f1"]
+        stale = resumed["stale"]
+        best_state = load_file(str(checkpoint_dir / "best.safetensors"))
+        log.info("resuming fine-tuning at epoch %d", start_epoch + 1)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if stale >= cfg.patience:
+            break
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks depend only on the epoch
+        rng = np.random.default_rng([cfg.seed, epoch])
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(epoch, cfg)
+        model.train()
+        perm = torch.from_numpy(rng.permutation(order))
+        total, seen = 0.0, 0
+        for start in range(0, len(perm), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            target = runtime.batch(y_all[idx])
+            with runtime.autocast():
+                loss = loss_fn(forward_train(idx).float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            if progress:
+                progress(len(idx))
+        model.eval()
+        logits = val_logits().float()
+        val_loss = float(nn.functional.cross_entropy(logits.cpu(), torch.from_numpy(np.asarray(val_labels, dtype=np.int64))))
+        val_prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
+        val_f1 = float(f1_score(val_labels, val_prob >= 0.5, zero_division=0))
+        result.history.append(
+            {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+             "val_f1": val_f1, "lr": _lr_at(epoch, cfg)}
+        )
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.3f",
+                 epoch + 1, cfg.epochs, total / max(seen, 1), val_loss, val_f1)
+        if val_f1 > result.best_val_f1:
+            result.best_val_f1, result.best_epoch, stale = val_f1, epoch + 1, 0
+            best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+            if checkpoint_dir is not None:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_file(best_state, str(checkpoint_dir / ".best.tmp"))
+                os.replace(checkpoint_dir / ".best.tmp", checkpoint_dir / "best.safetensors")
+        else:
+            stale += 1
+        ckpt.save(model, optimizer, {
+            "epoch": epoch, "history": result.history, "best_epoch": result.best_epoch,
+            "best_val_f1": result.best_val_f1, "stale": stale,
+        })
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.val_prob = predict_proba(model, val_images, runtime, cfg.batch_size)
+    return result

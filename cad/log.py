@@ -1,0 +1,77 @@
+"""Console, logging and progress bars: the only way code below the CLI talks to the user.
+
+Log lines never carry identifiers from the input (names, IDs, UIDs, paths): callers pass
+pseudonyms and counts only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
+    """Rich console logging plus an optional plain-text log file."""
+    root = logging.getLogger("cad")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(RichHandler(console=console, show_path=False, markup=False))
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def _interactive() -> bool:
+    return console.is_terminal or "pytest" not in sys.modules
+
+
+@contextmanager
+def progress(description: str, total: int | None, unit: str = "items") -> Iterator:
+    """A rich progress bar with counts, rate and ETA; yields ``advance(n=1)``."""
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn(f"{unit}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not _interactive(),
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance
+
+
+def warn_loudly(message: str) -> None:
+    """A warning that must not be missed (e.g. random weights instead of ImageNet)."""
+    logging.getLogger("cad").warning(message)
+    console.rule(f"[bold red]WARNING: {message}", style="red")

@@ -1,0 +1,1 @@
+"""Stage runner and content-addressed artifact store."""
