@@ -201,7 +201,7 @@ def train(
             else:
                 loss.backward()
                 optimizer.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if progress:
                 progress(len(idx))

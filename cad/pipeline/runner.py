@@ -65,7 +65,8 @@ class StageRunner:
         tmp = self.store.begin(stage, key)
         start = time.perf_counter()
         try:
-            meta = dict(fn(tmp) or {})
+            returned = fn(tmp)
+            meta = dict(returned) if isinstance(returned, Mapping) else {}
         except BaseException:
             self.store.discard(tmp)
             raise

@@ -1,0 +1,190 @@
+"""Evaluation plots as PNG files, one function per plot.
+
+Figures are built as ``matplotlib.figure.Figure`` objects on the Agg canvas, never through
+``pyplot``: no GUI backend, no global figure registry to leak into, safe in worker
+processes. Every function writes ``path`` (creating its folder) and returns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+_DPI = 120
+CLASS_NAMES = ("negative", "positive")
+
+
+def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    fig.clear()
+    return path
+
+
+def _two_classes(y_true: np.ndarray) -> bool:
+    return np.unique(y_true).size == 2
+
+
+def plot_roc(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str) -> Path:
+    """ROC curve with its AUC; a note instead of a curve when only one class is present."""
+    y, p = np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=float).ravel()
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    if _two_classes(y):
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"AUC = {roc_auc_score(y, p):.3f}")
+    else:
+        ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center", va="center")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity (FPR)",
+           ylabel="sensitivity (TPR)", title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_pr(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str) -> Path:
+    """Precision-recall curve with average precision and the prevalence baseline."""
+    y, p = np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=float).ravel()
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    prevalence = float(np.mean(y == 1)) if y.size else 0.0
+    ax.axhline(prevalence, ls="--", color="0.6", lw=1, label=f"prevalence = {prevalence:.2f}")
+    if _two_classes(y):
+        precision, recall, _ = precision_recall_curve(y, p)
+        ap = average_precision_score(y, p)
+        ax.step(recall, precision, where="post", lw=2, label=f"AP = {ap:.3f}")
+    else:
+        ax.text(0.5, 0.5, "PR undefined: one class only", ha="center", va="center")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (sensitivity)",
+           ylabel="precision (PPV)", title=title)
+    ax.legend(loc="lower left")
+    return _save(fig, path)
+
+
+def plot_confusion(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    path: str | Path,
+    title: str,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> Path:
+    """2x2 confusion matrix with counts and row (true-class) percentages."""
+    y, pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    cm = confusion_matrix(y, pred, labels=[0, 1])
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    fig = _new_figure(4.5, 4.0)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(cm):
+        colour = "white" if share[i, j] > 0.5 else "black"
+        ax.text(j, i, f"{count}\n{100 * share[i, j]:.0f}%", ha="center", va="center",
+                color=colour)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
+    return _save(fig, path)
+
+
+def plot_layer_scores(
+    depths: Sequence[float],
+    names: Sequence[str],
+    f1_mean: Sequence[float],
+    f1_std: Sequence[float],
+    chosen: str,
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Cross-validated SVM F1 of every candidate node against its depth, chosen node marked."""
+    if not len(depths) == len(names) == len(f1_mean) == len(f1_std):
+        raise ValueError("depths, names, f1_mean and f1_std must have the same length.")
+    x = np.asarray(depths, dtype=float)
+    mean = np.asarray(f1_mean, dtype=float)
+    std = np.asarray(f1_std, dtype=float)
+    fig = _new_figure(max(5.0, 0.35 * len(names) + 2.0), 4.5)
+    ax = fig.add_subplot()
+    ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, lw=1.5, label="CV F1 (mean ± sd)")
+    if chosen in names:
+        k = list(names).index(chosen)
+        ax.axvline(x[k], color="tab:red", ls=":", lw=1)
+        ax.plot(x[k], mean[k], marker="*", ms=16, color="tab:red", ls="none",
+                label=f"fine-tuning node: {chosen}")
+    ax.set_xticks(x, list(names), rotation=60, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.02), xlabel="candidate node (by depth)", ylabel="F1", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Path,
+                         title: str) -> Path:
+    """Train/validation loss and validation F1 per epoch (rows: epoch, train_loss, val_loss,
+    val_f1; missing values are skipped)."""
+    fig = _new_figure(8.0, 3.8)
+    loss_ax, f1_ax = fig.subplots(1, 2)
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        rows = [r for r in history if r.get(key) is not None]
+        return [float(r["epoch"]) for r in rows], [float(r[key]) for r in rows]
+
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        epochs, values = series(key)
+        if values:
+            loss_ax.plot(epochs, values, marker="o", ms=3, label=label)
+    epochs, values = series("val_f1")
+    if values:
+        f1_ax.plot(epochs, values, marker="o", ms=3, color="tab:green", label="validation F1")
+        best = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+        f1_ax.plot(epochs[best], values[best], marker="*", ms=14, color="tab:red", ls="none",
+                   label=f"best epoch {epochs[best]:g}")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    f1_ax.set(xlabel="epoch", ylabel="F1", ylim=(0, 1.02), title="validation F1")
+    for ax in (loss_ax, f1_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_layer_comparison(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str = "Layer F1 by relative depth",
+) -> Path:
+    """Overlay layer-F1 curves of several backbones against relative depth (0..1)."""
+    fig = _new_figure(6.0, 4.5)
+    ax = fig.add_subplot()
+    for label, (fractions, means) in curves.items():
+        x = np.asarray(fractions, dtype=float)
+        y = np.asarray(means, dtype=float)
+        line = ax.plot(x, y, marker="o", ms=3, label=label)[0]
+        if y.size and np.isfinite(y).any():
+            best = int(np.nanargmax(y))
+            ax.plot(x[best], y[best], marker="*", ms=12, color=line.get_color(), ls="none")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="relative depth of node",
+           ylabel="CV F1", title=title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="lower right")
+    return _save(fig, path)

@@ -1,0 +1,112 @@
+"""Cutting, freezing and the frozen-prefix cache, on small torchvision networks."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from cad.config import AugmentConfig, FinetuneConfig
+from cad.device import select_runtime
+from cad.finetune.model import build_transfer_model, split_prefix
+from cad.finetune.train import predict_proba, train
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _model(name="resnet18", ft="layer2", conn="layer3", size=64):
+    torch.manual_seed(0)
+    backbone = getattr(torchvision.models, name)()
+    return build_transfer_model(backbone, ft, conn, in_chans=3, size=size, hidden=16,
+                                dropout=0.5, **IMAGENET)
+
+
+def _data(n=24, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 3, size, size), dtype=np.float32)
+    y = (np.arange(n) % 2).astype(np.int64)
+    x[y == 1, :, 20:40, 20:40] += 1.0  # learnable signal
+    return x, y
+
+
+def test_everything_computing_the_finetune_node_is_frozen():
+    model = _model()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "body.conv1.weight" in frozen and "body.layer2.1.conv2.weight" in frozen
+    assert not any(n.startswith(("body.layer3", "head.")) for n in frozen)
+    assert all(not n.startswith("body.layer4") for n, _ in model.named_parameters())  # cut away
+
+
+def test_frozen_bits_unchanged_trainable_changed_bn_stats_fixed():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data()
+    cfg = FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, precision="fp32", hidden=16, patience=5)
+    train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg, AugmentConfig(mode="none"),
+          select_runtime("fp32", channels_last=False))
+    after = model.state_dict()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    for name in frozen:
+        assert torch.equal(before[name], after[name]), name
+    # BatchNorm running statistics of frozen modules are untouched (eval mode)
+    assert torch.equal(before["body.layer1.0.bn1.running_mean"], after["body.layer1.0.bn1.running_mean"])
+    assert not torch.equal(before["body.layer3.0.bn1.running_mean"], after["body.layer3.0.bn1.running_mean"])
+    assert not torch.equal(before["body.layer3.0.conv1.weight"], after["body.layer3.0.conv1.weight"])
+    assert not torch.equal(before["head.fc2.weight"], after["head.fc2.weight"])
+
+
+@pytest.mark.parametrize("name,ft,conn", [
+    ("resnet18", "layer2", "layer3"),
+    ("vgg11", "features.10", "classifier.1"),
+    ("densenet121", "features.transition1", "features.transition2"),
+])
+def test_prefix_split_computes_the_same(name, ft, conn):
+    model = _model(name, ft, conn).eval()
+    prefix, suffix = split_prefix(model.body)
+    x = torch.from_numpy(_data(4)[0])
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.head(suffix(prefix(model.normalize(x)))), atol=1e-5)
+
+
+def test_cached_prefix_gives_the_same_losses_as_full_forwards():
+    x, y = _data()
+    runtime = select_runtime("fp32", channels_last=False)
+    histories = []
+    for cache in (True, False):
+        model = _model()
+        cfg = FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, precision="fp32", hidden=16,
+                             cache_prefix=cache, patience=5)
+        result = train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg,
+                       AugmentConfig(mode="offline", copies=0), runtime)
+        assert result.used_prefix_cache is cache
+        histories.append(result.history)
+    for a, b in zip(*histories, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    x, y = _data()
+    runtime = select_runtime("fp32", channels_last=False)
+    aug = AugmentConfig(mode="none")
+    cfg = FinetuneConfig(epochs=3, batch_size=8, lr=1e-2, precision="fp32", hidden=16, patience=5)
+    full = _model()
+    train(full, x, y, np.arange(len(y)), x[:8], y[:8], cfg, aug, runtime, tmp_path / "a")
+    # "interrupted" after 2 epochs, then resumed with the 3-epoch config
+    part = _model()
+    train(part, x, y, np.arange(len(y)), x[:8], y[:8], cfg.model_copy(update={"epochs": 2}), aug,
+          runtime, tmp_path / "b")
+    resumed = _model()
+    result = train(resumed, x, y, np.arange(len(y)), x[:8], y[:8], cfg, aug, runtime, tmp_path / "b")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    np.testing.assert_allclose(predict_proba(full, x, runtime), predict_proba(resumed, x, runtime),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_path_trains():
+    x, y = _data()
+    runtime = select_runtime("bf16", channels_last=True)
+    model = _model()
+    cfg = FinetuneConfig(epochs=1, batch_size=8, precision="bf16", hidden=16)
+    result = train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg, AugmentConfig(mode="none"), runtime)
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert result.val_prob.shape == (8,)

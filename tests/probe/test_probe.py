@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from cad.config import BalanceConfig, ProbeConfig
+from cad.errors import ConfigError
+from cad.probe.nodes import choose_connection_node
+from cad.probe.svm import NodeScore, choose_finetune_node, score_nodes
+
+
+def _features(seed=0):
+    """Three nodes: noise, weak signal, strong signal; 20 patients x 10 samples."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(20), 10)
+    y = (rng.random(200) < 0.3).astype(int)
+    noise = rng.normal(size=(200, 8))
+    weak = noise.copy()
+    weak[:, 0] += 0.8 * y
+    strong = rng.normal(size=(200, 8))
+    strong[:, 0] += 4 * y
+    folds = patients % 3
+    return {"a": noise, "b": weak, "c": strong}, y, folds
+
+
+def test_node_choice_follows_probe_scores():
+    features, y, folds = _features()
+    scores = score_nodes(features, {"a": 1, "b": 2, "c": 3}, y, folds, ProbeConfig(n_jobs=1),
+                         BalanceConfig(method="over"))
+    by_node = {s.node: s for s in scores}
+    assert by_node["c"].f1_mean > by_node["b"].f1_mean > by_node["a"].f1_mean
+    assert choose_finetune_node(scores).node == "c"
+    assert len(by_node["c"].fold_f1) == 3 and by_node["c"].dim == 8
+
+
+def test_ties_go_to_the_shallower_node():
+    scores = [NodeScore("deep", 5, 4, 0.8, 0.0, ()), NodeScore("shallow", 2, 4, 0.8, 0.1, ()),
+              NodeScore("worse", 1, 4, 0.7, 0.0, ())]
+    assert choose_finetune_node(scores).node == "shallow"
+
+
+def test_rbf_kernel_and_parallel_jobs():
+    features, y, folds = _features()
+    scores = score_nodes(features, {"a": 1, "b": 2, "c": 3}, y, folds,
+                         ProbeConfig(kernel="rbf", n_jobs=2), BalanceConfig(method="none"))
+    assert choose_finetune_node(scores).node == "c"
+
+
+NODES = ["s", "l1", "l2", "l3", "l4"]
+SHAPES = {"s": (64, 32, 32), "l1": (256, 16, 16), "l2": (512, 8, 8), "l3": (1024, 4, 4), "l4": (2048, 2, 2)}
+
+
+@pytest.mark.parametrize("rule,finetune,expected", [
+    ("next", "l1", "l2"),       # first later node with lower dimensionality
+    ("next", "s", "l2"),        # l1 is larger than s, so skip to l2
+    ("next", "l4", "l4"),       # nothing after the last node
+    ("same", "l2", "l2"),
+    ("last", "l1", "l4"),
+    ("l3", "l1", "l3"),
+])
+def test_connection_rules(rule, finetune, expected):
+    assert choose_connection_node(NODES, SHAPES, finetune, rule) == expected
+
+
+def test_unknown_connection_name():
+    with pytest.raises(ConfigError, match="did you mean 'l3'"):
+        choose_connection_node(NODES, SHAPES, "l1", "l33")

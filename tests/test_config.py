@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from cad.config import apply_overrides, dump_config, flatten, load_config, validate
+from cad.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_pipeline_validates():
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.backbones, path
+
+
+def test_main_pipeline_includes_fragments():
+    cfg = load_config(ROOT / "pipelines/breast_mri.yaml")
+    assert [b.name for b in cfg.backbones] == ["vgg16", "inception_v3", "resnet50"]
+    assert all(b.weights == "imagenet" and b.fallback == "random" for b in cfg.backbones)
+    assert cfg.augment.mode == "offline" and cfg.augment.copies == 2
+
+
+def test_typo_names_path_and_nearest_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "pipelines/smoke.yaml", ["data.phantom.patinets=3"])
+    assert "data.phantom.patinets: unknown key; did you mean 'patients'?" in str(err.value)
+
+
+def test_bad_value_names_path_and_value():
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "pipelines/smoke.yaml", ["split.test=0.9"])
+    assert "split.test" in str(err.value) and "0.9" in str(err.value)
+
+
+def test_override_is_revalidated_and_typed():
+    cfg = load_config(ROOT / "pipelines/smoke.yaml", ["finetune.epochs=3", "backbones.0.name=vgg11"])
+    assert cfg.finetune.epochs == 3 and cfg.backbones[0].name == "vgg11"
+    with pytest.raises(ConfigError):
+        load_config(ROOT / "pipelines/smoke.yaml", ["finetune.epochs=zero"])
+
+
+def test_override_needs_key_value():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides({}, ["finetune.epochs"])
+
+
+def test_bad_phase_expression():
+    with pytest.raises(ConfigError, match="phases"):
+        validate({"input": {"phases": ["pre", "arterial"]}})
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "pipelines/breast_mri.yaml")
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    flat = flatten(cfg)
+    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "6"
