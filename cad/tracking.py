@@ -5,7 +5,7 @@ once). A failing call is logged on ``cad.tracking``, recorded PHI-free in ``fail
 operation and error class, never server text, which can echo values we sent) and never
 raised. The first failure that makes the store unusable (refused, timeout, server or database
 error) turns the tracker *down*: later calls return at once, so an outage costs one wait.
-Importing this module disables MLflow telemetry and its run-URL printing unless configured.
+Importing this module turns off MLflow telemetry, URL printing and progress bars (unless set).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow.artifacts  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402

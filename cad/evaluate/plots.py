@@ -159,10 +159,10 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
                    label=f"best epoch {epochs[best]:g}")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     f1_ax.set(xlabel="epoch", ylabel="F1", ylim=(0, 1.02), title="validation F1")
-    for ax in (loss_ax, f1_ax):
+    for ax, where in ((loss_ax, "upper right"), (f1_ax, "lower right")):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(loc=where)
     fig.suptitle(title)
     return _save(fig, path)
 
