@@ -129,11 +129,17 @@ def _model_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, source
 
 def preflight(cfg: PipelineConfig) -> None:
     """Fail before any work: unknown backbones, missing weights (unless a fallback is set)."""
-    from cad.backbones import check_weights, get_spec
+    from cad.backbones import get_spec
+    from cad.backbones.weights import _resolve
+    from cad.errors import WeightsError
+    from cad.log import warn_loudly
 
     for backbone in cfg.backbones:
-        get_spec(backbone.name)
-        check_weights(backbone.name, backbone.weights, backbone.fallback)
+        resolved = _resolve(get_spec(backbone.name), backbone.weights)
+        if resolved.problem and backbone.fallback == "none":
+            raise WeightsError(resolved.problem)
+        if resolved.problem:
+            warn_loudly(f"{backbone.name}: {resolved.problem} -- using RANDOM weights (fallback)")
 
 
 def run_pipeline(cfg: PipelineConfig, workdir: str | Path = "runs/breast_mri",

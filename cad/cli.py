@@ -240,5 +240,14 @@ def backbones_inspect(
     console.print(table)
 
 
+def _register_score() -> None:
+    from cad.scoring.cli import score_command
+
+    app.command("score")(handle_errors(score_command))
+
+
+_register_score()
+
+
 def entrypoint() -> None:  # pragma: no cover - console script
     sys.exit(app())

@@ -302,8 +302,26 @@ def dump_config(config: PipelineConfig) -> str:
     return yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
 
 
+PATH_KEYS = ("data.manifest", "data.root", "transfer.round1_manifest", "transfer.round1_root")
+
+
+def redact_paths(config: PipelineConfig) -> PipelineConfig:
+    """The config with input paths replaced by a short hash: what may leave the machine
+    (MLflow params and artifacts). Paths can carry patient or site names."""
+    import hashlib
+
+    mapping = json.loads(config.model_dump_json())
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = mapping[section][key]
+        if value is not None:
+            mapping[section][key] = "path-sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+    return PipelineConfig.model_validate(mapping)
+
+
 def flatten(config: PipelineConfig) -> dict[str, str]:
-    """Flat ``a.b.c -> value`` params for MLflow."""
+    """Flat ``a.b.c -> value`` params for MLflow (input paths redacted)."""
+    config = redact_paths(config)
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:

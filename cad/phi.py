@@ -56,5 +56,9 @@ class Pseudonymizer:
     def instance(self, sop_uid: str) -> str:
         return self.key("ins", sop_uid)
 
+    def slice(self, study_uid: str, index: int) -> str:
+        """One slice of a study's sorted volume (the sample key of ingest and scoring)."""
+        return self.key("slc", f"{study_uid}/{index}")
+
     def file(self, path: str | Path) -> str:
         return self.key("file", str(Path(path).resolve()))

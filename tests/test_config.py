@@ -57,3 +57,11 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path) == cfg
     flat = flatten(cfg)
     assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "6"
+
+
+def test_flattened_params_carry_no_input_paths():
+    cfg = load_config(ROOT / "pipelines/smoke.yaml",
+                      ["data.manifest=/data/Breast_MRI_001/m.csv", "data.root=/data/Breast_MRI_001"])
+    flat = flatten(cfg)
+    assert not any("Breast_MRI_001" in v for v in flat.values())
+    assert flat["data.root"].startswith("path-sha256:")

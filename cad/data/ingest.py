@@ -87,7 +87,7 @@ def ingest_folder(
     for i in indices:
         label = label_of.get(i, label_of.get(None))
         result.samples.append(
-            Sample(pseudo.key("slc", f"{study.study_uid}/{i}"), patient, study_key, series_key, i, int(label))
+            Sample(pseudo.slice(study.study_uid, i), patient, study_key, series_key, i, int(label))
         )
     result.images = np.ascontiguousarray(images, dtype=np.float32)
     return result

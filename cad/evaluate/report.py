@@ -110,8 +110,9 @@ def write_report(summary: dict[str, Any], path: Path) -> None:
         scores = ", ".join(f"{s['node']} {s['f1_mean']:.3f}" for s in c["layer_scores"])
         lines.append(f"- {c['backbone']} round {c['round']}: {scores}")
     lines += ["", "![layer F1](layer_f1_comparison.png)", "", "## Stages", "",
-              "| stage | ran/reused | wall s | items |", "|---|---|---|---|"]
-    lines += [f"| {s['label']} | {'reused' if s['reused'] else 'ran'} | {s['wall_s']:.1f} | {s['items']} |"
+              "| stage | this run | wall s (when built) | items | items/s |", "|---|---|---|---|---|"]
+    lines += [f"| {s['label']} | {'reused' if s['reused'] else 'ran'} | {s['built_wall_s']:.1f} | "
+              f"{s['items']} | {s['items'] / s['built_wall_s'] if s['built_wall_s'] else 0:.1f} |"
               for s in summary["stages"]]
     if tracking:
         lines += ["", f"MLflow: `{tracking.get('uri')}`, experiment `{tracking.get('experiment')}`, "

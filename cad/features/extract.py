@@ -55,7 +55,8 @@ def extract_features(
     extractor.eval()
     out: dict[str, list[np.ndarray]] = {node: [] for node in nodes}
     for start in range(0, len(images), batch_size):
-        batch = runtime.batch(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))
+        chunk = np.array(images[start : start + batch_size], dtype=np.float32)  # writable copy
+        batch = runtime.batch(torch.from_numpy(chunk))
         with runtime.autocast():
             features = extractor(batch)
         for node in nodes:

@@ -87,8 +87,8 @@ def _graph(module: nn.Module) -> fx.Graph:
 
 
 def _output_node(graph: fx.Graph, key: str) -> fx.Node:
-    output = next(n for n in graph.nodes if n.op == "output")
-    return output.args[0][key]
+    output = next(n for n in graph.nodes if n.op == "output").args[0]
+    return output[key] if key in output else output[FEATURES_KEY]  # nodes "same": one output
 
 
 def ancestors(node: fx.Node) -> set[fx.Node]:
@@ -105,9 +105,8 @@ def ancestors(node: fx.Node) -> set[fx.Node]:
 def cut_backbone(backbone: nn.Module, finetune_node: str, connection_node: str) -> fx.GraphModule:
     """The backbone up to ``connection_node``; returns ``{finetune, features}`` tensors."""
     backbone.eval()
-    return create_feature_extractor(
-        backbone, return_nodes={finetune_node: FINETUNE_KEY, connection_node: FEATURES_KEY}
-    )
+    nodes = {finetune_node: FINETUNE_KEY, connection_node: FEATURES_KEY}  # same node: features
+    return create_feature_extractor(backbone, return_nodes=nodes)
 
 
 def frozen_module_names(body: fx.GraphModule) -> list[str]:

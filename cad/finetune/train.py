@@ -134,7 +134,7 @@ def train(
     model = runtime.prepare(model)
     online = augment.mode == "online" and augment.copies >= 0 and augment.mode != "none"
     halves = split_prefix(model.body) if cfg.cache_prefix and not online else None
-    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    x_all = torch.from_numpy(np.array(images, dtype=np.float32))  # own, writable copy
     x_val = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     result = TrainResult(used_prefix_cache=halves is not None)

@@ -39,6 +39,9 @@ from cad.probe.nodes import choose_connection_node
 from cad.probe.svm import choose_finetune_node, score_nodes
 
 
+BACKBONE_SEED = 0
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a chain's backbone comes from: fresh weights, or a round-1 package."""
@@ -53,10 +56,12 @@ def _backbone(source: Source, in_chans: int) -> tuple[torch.nn.Module, str, list
     spec = get_spec(source.backbone.name)
     nodes = list(source.backbone.nodes or spec.nodes)
     if source.previous is None:
-        loaded = create_backbone(
-            spec.name, weights=source.backbone.weights, in_chans=in_chans,
-            fallback=source.backbone.fallback,
-        )
+        with torch.random.fork_rng():
+            torch.manual_seed(BACKBONE_SEED)  # random weights must be the same in every stage
+            loaded = create_backbone(
+                spec.name, weights=source.backbone.weights, in_chans=in_chans,
+                fallback=source.backbone.fallback,
+            )
         return loaded.model, loaded.weights_source, nodes
     model, meta, _ = backbone_from_package(source.previous.path / "model")
     cut = nodes.index(meta["nodes"]["connection"])

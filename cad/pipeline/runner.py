@@ -24,8 +24,9 @@ class StageRecord:
     label: str
     key: str
     reused: bool
-    wall_s: float
+    wall_s: float  # spent in this invocation (0 when reused)
     items: int
+    built_wall_s: float  # what computing the artifact took when it ran
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,9 +58,10 @@ class StageRunner:
             found = self.store.lookup(stage, key)
             if found is not None:
                 log.info("%s: reusing finished artifact %s", label, key)
-                self.records.append(
-                    StageRecord(stage, label, key, True, 0.0, int(found.manifest.get("items", 0)))
-                )
+                self.records.append(StageRecord(
+                    stage, label, key, True, 0.0, int(found.manifest.get("items", 0)),
+                    float(found.manifest.get("wall_s", 0.0)),
+                ))
                 return found
         log.info("%s: running (artifact %s)", label, key)
         tmp = self.store.begin(stage, key)
@@ -84,6 +86,8 @@ class StageRunner:
                 **meta,
             },
         )
-        self.records.append(StageRecord(stage, label, key, False, round(wall, 3), meta["items"]))
+        self.records.append(
+            StageRecord(stage, label, key, False, round(wall, 3), meta["items"], round(wall, 3))
+        )
         log.info("%s: done in %.1f s", label, wall)
         return artifact

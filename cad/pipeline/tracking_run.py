@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cad import __version__
-from cad.config import flatten
+from cad.config import dump_config, flatten, redact_paths
 from cad.evaluate.metrics import METRICS
 from cad.tracking import Tracker, default_tracking_uri
 
@@ -88,7 +88,10 @@ def log_run(result: RunResult, summary: dict[str, Any]) -> dict[str, Any]:
     parent = tracker.start_run(f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                                params=flatten(cfg), tags=base_tags)
     if parent is not None:
-        tracker.log_artifact(parent, result.workdir / "config.resolved.yaml")
+        redacted = result.workdir / "logs" / "config.resolved.yaml"
+        redacted.parent.mkdir(parents=True, exist_ok=True)
+        redacted.write_text(dump_config(redact_paths(cfg)))
+        tracker.log_artifact(parent, redacted)
         tracker.log_artifact(parent, result.workdir / "layer_f1_comparison.png")
     runs: dict[str, str | None] = {}
     for chain, info in zip(result.chains, summary["results"], strict=True):

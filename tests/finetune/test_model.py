@@ -110,3 +110,14 @@ def test_bf16_autocast_path_trains():
     result = train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg, AugmentConfig(mode="none"), runtime)
     assert np.isfinite(result.history[0]["train_loss"])
     assert result.val_prob.shape == (8,)
+
+
+def test_same_node_trains_only_the_head():
+    model = _model(ft="layer2", conn="layer2")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") for n in trainable)
+    prefix, suffix = split_prefix(model.body)
+    x = torch.from_numpy(_data(2)[0])
+    with torch.no_grad():
+        model.eval()
+        assert torch.allclose(model(x), model.head(suffix(prefix(model.normalize(x)))), atol=1e-5)

@@ -1,0 +1,156 @@
+"""The whole pipeline on the tiny phantom (pipelines/smoke.yaml), asserting behaviour."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from cad.api import run_pipeline
+from cad.backbones import create_backbone
+from cad.config import load_config
+from cad.data.samples import read_samples
+from cad.pipeline.model_stages import BACKBONE_SEED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(ROOT / "pipelines/smoke.yaml", ["transfer.rounds=2"])
+    result = run_pipeline(cfg, workdir)
+    return cfg, workdir, result
+
+
+def _stage(result, label):
+    return next(r for r in result.runner.records if r.label == label)
+
+
+def test_summary_and_report_are_written(smoke):
+    cfg, workdir, result = smoke
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert (workdir / "report.md").read_text().startswith("# cad report: smoke")
+    assert [(r["backbone"], r["round"]) for r in summary["results"]] == [("resnet18", 1), ("resnet18", 2)]
+    sizes = summary["data"]["splits"]
+    assert set(sizes) == {"train", "val", "test"}
+    assert sum(s["patients"] for s in sizes.values()) == cfg.data.phantom.patients
+    for r in summary["results"]:
+        assert set(r["test"]) >= {"f1", "roc_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"}
+        assert r["test"]["f1"]["low"] <= r["test"]["f1"]["value"] <= r["test"]["f1"]["high"]
+        assert (workdir / r["model_dir"] / "model.safetensors").is_file()
+    assert {s["stage"] for s in summary["stages"]} >= {"phantom", "ingest", "split", "augment", "extract",
+                                                       "probe", "finetune", "evaluate"}
+    assert summary["best"]["backbone"] == "resnet18"
+
+
+def test_node_choice_follows_probe_scores(smoke):
+    _, _, result = smoke
+    for chain in result.chains:
+        with open(chain.probe.file("layer_scores.csv")) as handle:
+            rows = list(csv.DictReader(handle))
+        best = max(float(r["f1_mean"]) for r in rows)
+        shallowest_best = min((int(r["depth"]), r["node"]) for r in rows if float(r["f1_mean"]) == best)[1]
+        meta = json.loads(chain.finetune.file("model/model.json").read_text())
+        assert meta["nodes"]["finetune"] == shallowest_best
+        nodes = [r["node"] for r in rows]
+        assert nodes.index(meta["nodes"]["connection"]) >= nodes.index(meta["nodes"]["finetune"])
+
+
+def test_round2_candidates_stop_at_round1_connection(smoke):
+    _, _, result = smoke
+    r1, r2 = result.chains
+    conn1 = json.loads(r1.finetune.file("model/model.json").read_text())["nodes"]["connection"]
+    nodes2 = [n["node"] for n in r2.extract.read_json("nodes.json")["nodes"]]
+    assert nodes2[-1] == conn1
+
+
+def test_frozen_bits_equal_the_initial_backbone(smoke):
+    _, _, result = smoke
+    chain = result.chains[0]
+    meta = json.loads(chain.finetune.file("model/model.json").read_text())
+    with torch.random.fork_rng():
+        torch.manual_seed(BACKBONE_SEED)
+        initial = create_backbone("resnet18", weights="random", in_chans=3).model.state_dict()
+    trained = load_file(str(chain.finetune.file("model/model.safetensors")))
+    frozen_prefix = ("conv1.", "bn1.") + tuple(
+        f"layer{i}." for i in range(1, 1 + {"relu": 0, "maxpool": 0, "layer1": 1, "layer2": 2,
+                                          "layer3": 3, "layer4": 4}.get(meta["nodes"]["finetune"], 0))
+    )
+    checked = 0
+    for key, value in trained.items():
+        name = key.removeprefix("body.")
+        if key.startswith("body.") and name.startswith(frozen_prefix):
+            assert torch.equal(value, initial[name]), name
+            checked += 1
+    assert checked > 0
+
+
+def test_no_test_patient_reaches_probe_or_finetune(smoke):
+    _, _, result = smoke
+    splits = result.data.split.read_json("splits.json")
+    test = set(splits["test"]) | set(splits["val"])
+    train_patients = {s.patient for s in read_samples(result.data.augment.file("train_samples.csv"))}
+    assert train_patients and not train_patients & test
+    assert set(splits["folds"]) == set(splits["train"])
+    for chain in result.chains:
+        n_features = np.load(next((chain.extract.path / "features").iterdir()), mmap_mode="r").shape[0]
+        assert n_features == len(read_samples(result.data.augment.file("train_samples.csv")))
+
+
+def test_summary_matches_mlflow(smoke):
+    _, workdir, _ = smoke
+    summary = json.loads((workdir / "summary.json").read_text())
+    tracking = summary["tracking"]
+    assert tracking["ok"], tracking["failures"]
+    client = MlflowClient(tracking["uri"])
+    parent = client.get_run(tracking["parent_run_id"])
+    assert parent.data.params["finetune.epochs"] == "1"
+    for r in summary["results"]:
+        run = client.get_run(r["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == tracking["parent_run_id"]
+        assert run.data.tags["finetune_node"] == r["nodes"]["finetune"]
+        assert run.data.metrics["test_f1"] == pytest.approx(r["test"]["f1"]["value"])
+        steps = client.get_metric_history(run.info.run_id, "probe_f1")
+        assert sorted(m.step for m in steps) == sorted(s["depth"] for s in r["layer_scores"])
+    alias = client.get_model_version_by_alias("cad-smoke", "champion")
+    assert alias.run_id == next(r["mlflow_run_id"] for r in summary["results"]
+                                if (r["backbone"], r["round"]) == (summary["best"]["backbone"], summary["best"]["round"]))
+
+
+def test_no_phi_in_any_output(smoke):
+    _, workdir, result = smoke
+    dicom_root = next(p for p in (workdir / "artifacts").iterdir() if p.name.startswith("phantom-")) / "dicom"
+    ds = pydicom.dcmread(next(dicom_root.rglob("*.dcm")), stop_before_pixels=True)
+    forbidden = {str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber,
+                 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, str(dicom_root)}
+    forbidden = {f for f in forbidden if f}
+    checked = 0
+    for path in workdir.rglob("*"):
+        rel = path.relative_to(workdir)
+        if not path.is_file() or path.suffix in {".npy", ".safetensors", ".png", ".dcm"}:
+            continue
+        if rel.parts[0] == "artifacts" and rel.parts[1].startswith(("phantom-", "manifest-")):
+            continue  # the input archive and its manifest: identifiers there are the input itself
+        text = path.read_bytes().decode("latin-1")
+        for value in forbidden:
+            assert value not in text, f"{value!r} leaked into {rel}"
+        checked += 1
+    assert checked > 10
+
+
+def test_rerun_reuses_everything_and_changes_redo_only_downstream(smoke, tmp_path):
+    cfg, workdir, _ = smoke
+    again = run_pipeline(cfg, workdir, track=False)
+    assert all(r.reused for r in again.runner.records)
+    changed = load_config(ROOT / "pipelines/smoke.yaml", ["transfer.rounds=2", "evaluate.bootstrap=60"])
+    third = run_pipeline(changed, workdir, track=False)
+    ran = {r.stage for r in third.runner.records if not r.reused}
+    assert ran == {"evaluate"}
