@@ -128,8 +128,14 @@ def data_check(
 
     if not dicom_dir.is_dir():
         raise CadError(f"{dicom_dir} is not a folder; pass the root of a DICOM export")
-    with progress("check", None, "files") as advance:
-        result = check_folder(dicom_dir, workers=workers, progress=lambda done, total: advance(1))
+    with progress("check", None, "steps") as advance:
+        seen = [0]
+
+        def update(done: int, total: int) -> None:  # check_folder reports cumulative counts
+            advance(done - seen[0])
+            seen[0] = done
+
+        result = check_folder(dicom_dir, workers=workers, progress=update)
     table = Table(title="DICOM check")
     table.add_column("outcome")
     table.add_column("files", justify="right")
@@ -175,6 +181,10 @@ def data_manifest(
                                                        "(patient_id,path,label).")] = None,
     margin: Annotated[int, typer.Option(help="Negatives at least this many slices from a box.")] = 5,
     unboxed: Annotated[str, typer.Option(help="Patients without a box: skip or negative.")] = "skip",
+    numbering: Annotated[str, typer.Option(help="How box slice numbers count: 'position' (along "
+                                           "the sorted volume) or 'instance' (InstanceNumber "
+                                           "order). Check one patient by eye first.")] = "position",
+    workers: Annotated[int, typer.Option(help="Header-reading worker processes.")] = 1,
 ) -> None:
     """Build a slice-level manifest from bounding boxes (or per-series labels)."""
     from cad.data.manifest import build_from_boxes, build_from_series_labels, write_manifest
@@ -183,7 +193,8 @@ def data_manifest(
         raise CadError("give exactly one label source: --boxes Annotation_Boxes.csv or "
                        "--series-labels labels.csv")
     if boxes is not None:
-        rows = build_from_boxes(dicom_root, boxes, margin=margin, unboxed=unboxed)
+        rows = build_from_boxes(dicom_root, boxes, margin=margin, unboxed=unboxed,
+                                numbering=numbering, workers=workers)
     else:
         rows = build_from_series_labels(dicom_root, series_labels)
     write_manifest(rows, out)

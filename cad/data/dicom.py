@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import re
 import struct
@@ -27,6 +28,9 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
 from cad.errors import DataError
+
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # failures become outcomes instead
+PARALLEL_MIN_FILES = 1000  # below this, starting worker processes costs more than it saves
 
 
 class Outcome(StrEnum):
@@ -341,11 +345,8 @@ def decode(record: FileRecord) -> np.ndarray:
             ds = pydicom.dcmread(record.path, force=True)
             if "TransferSyntaxUID" not in ds.file_meta:
                 ds.file_meta.TransferSyntaxUID = UID(_transfer_syntax(ds))
-        except Exception as exc:  # noqa: BLE001
-            raise CorruptError(f"file cannot be read ({type(exc).__name__})") from None
-        try:
             arr = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        except Exception as exc:  # noqa: BLE001 - readers and decoders fail in many ways
             raise CorruptError(f"pixel data cannot be decoded ({_safe(exc)})") from None
     arr, shape = arr[None] if arr.ndim == 2 else arr, (record.frames, record.rows, record.columns)
     if arr.shape != shape:
@@ -377,13 +378,12 @@ def _read_chunk(paths: list[Path]) -> list[FileRecord]:
 def index_folder(
     root: Path, workers: int = 1, progress: Callable[[int, int], None] | None = None
 ) -> list[FileRecord]:
-    """Header pass over every file below ``root`` (sorted), in ``workers`` processes."""
-    root = Path(root)
-    if not root.is_dir():
+    """Header pass over every file below ``root`` (sorted); ``workers`` processes for big trees."""
+    if not (root := Path(root)).is_dir():
         raise DataError(f"{root} is not a folder; pass the folder that holds the DICOM files")
     paths = [Path(d) / f for d, _, files in sorted(os.walk(root)) for f in sorted(files)]
     chunks = [paths[i : i + 128] for i in range(0, len(paths), 128)]
-    if workers > 1 and len(chunks) > 1:
+    if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
         from joblib import Parallel, delayed
 
         results = Parallel(n_jobs=workers, return_as="generator")(

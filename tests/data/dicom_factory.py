@@ -6,11 +6,13 @@ tests as ``from dicom_factory import ...`` (pytest puts ``tests/data`` on ``sys.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
@@ -52,20 +54,17 @@ LOSSLESS = {
 def oblique(alpha: float = 0.3, beta: float = 0.2) -> tuple[float, ...]:
     """An orthonormal oblique ImageOrientationPatient (row, column cosines)."""
     ca, sa, cb, sb = np.cos(alpha), np.sin(alpha), np.cos(beta), np.sin(beta)
-    row = np.array([ca, sa, 0.0])
-    col = np.array([-sa * cb, ca * cb, sb])
-    return tuple(float(v) for v in (*row, *col))
+    return tuple(float(v) for v in (ca, sa, 0.0, -sa * cb, ca * cb, sb))
 
 
 def normal(orientation: Sequence[float]) -> np.ndarray:
     return np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
 
 
-def _meta(sop_class: str, sop_uid: str, ts: str = ExplicitVRLittleEndian) -> FileMetaDataset:
+def _meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = UID(ts)
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UID(sop_class), UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return meta
 
 
@@ -109,13 +108,9 @@ def mr_slice(
     if position is not None:
         ds.ImagePositionPatient = [round(float(v), 6) for v in position]
     ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
-    for keyword, value in (
-        ("TemporalPositionIdentifier", temporal_id),
-        ("TriggerTime", trigger_time),
-        ("AcquisitionTime", acquisition_time),
-        ("RescaleSlope", slope),
-        ("RescaleIntercept", intercept),
-    ):
+    optional = {"TemporalPositionIdentifier": temporal_id, "TriggerTime": trigger_time}
+    optional |= {"AcquisitionTime": acquisition_time, "RescaleSlope": slope}
+    for keyword, value in (optional | {"RescaleIntercept": intercept}).items():
         if value is not None:
             setattr(ds, keyword, value)
     if acquisition_time is not None:
@@ -138,7 +133,7 @@ def save(ds: Dataset, path: Path, syntax: str = "explicit-le") -> Path:
     """Write ``ds`` with one of NATIVE / LOSSLESS / 'jpeg-baseline' transfer syntaxes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.frombuffer(ds.PixelData, dtype=_dtype(ds)).reshape(_shape(ds))
+    arr = _array(ds)
     if syntax == "explicit-be":
         ds.PixelData = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
     if syntax in NATIVE:
@@ -158,22 +153,15 @@ def save(ds: Dataset, path: Path, syntax: str = "explicit-le") -> Path:
     return path
 
 
-def _dtype(ds: Dataset) -> np.dtype:
-    kind = "i" if ds.PixelRepresentation else "u"
-    return np.dtype(f"<{kind}{ds.BitsAllocated // 8}")
-
-
-def _shape(ds: Dataset) -> tuple[int, ...]:
+def _array(ds: Dataset) -> np.ndarray:
+    dtype = np.dtype(f"<{'i' if ds.PixelRepresentation else 'u'}{ds.BitsAllocated // 8}")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    return (frames, ds.Rows, ds.Columns) if frames > 1 else (ds.Rows, ds.Columns)
+    shape = (frames, ds.Rows, ds.Columns) if frames > 1 else (ds.Rows, ds.Columns)
+    return np.frombuffer(ds.PixelData, dtype=dtype).reshape(shape)
 
 
 def jpeg_baseline(frame: np.ndarray, quality: int = 95) -> bytes:
     """An 8-bit grayscale JPEG baseline stream (lossy) encoded with Pillow."""
-    import io
-
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(frame.astype(np.uint8), mode="L").save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
@@ -201,31 +189,14 @@ def jpeg_lossless(frame: np.ndarray, precision: int) -> bytes:
             extra = d if d > 0 else d + (1 << ssss) - 1
             bits.append(format(extra, f"0{ssss}b"))
     stream = "".join(bits)
-    stream += "1" * (-len(stream) % 8)
-    data = bytearray()
-    for i in range(0, len(stream), 8):
-        byte = int(stream[i : i + 8], 2)
-        data.append(byte)
-        if byte == 0xFF:
-            data.append(0x00)
-    counts = [0] * 16
-    counts[4] = 17  # 17 codes of length 5
-    dht = bytes([0x00, *counts, *range(17)])
-    sof = bytes([precision]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big")
-    sof += bytes([1, 1, 0x11, 0])
+    stream += "1" * (-len(stream) % 8)  # pad the last byte with 1-bits
+    data = int(stream, 2).to_bytes(len(stream) // 8, "big").replace(b"\xff", b"\xff\x00")
+    dht = bytes([0x00, 0, 0, 0, 0, 17] + [0] * 11 + list(range(17)))  # 17 codes of length 5
+    sof = bytes([precision, *rows.to_bytes(2, "big"), *cols.to_bytes(2, "big"), 1, 1, 0x11, 0])
     sos = bytes([1, 1, 0x00, 1, 0, 0])  # 1 component, table 0, Ss=1 (predictor), Se=0, Al=0
-
-    def segment(marker: int, body: bytes) -> bytes:
-        return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
-
-    return (
-        b"\xff\xd8"
-        + segment(0xC4, dht)
-        + segment(0xC3, sof)
-        + segment(0xDA, sos)
-        + bytes(data)
-        + b"\xff\xd9"
-    )
+    segments = ((0xC4, dht), (0xC3, sof), (0xDA, sos))
+    head = b"".join(bytes([0xFF, m, *(len(b) + 2).to_bytes(2, "big")]) + b for m, b in segments)
+    return b"\xff\xd8" + head + data + b"\xff\xd9"
 
 
 def write_series(
@@ -249,6 +220,7 @@ def write_series(
     """
     folder = Path(folder)
     series_uid = series_uid or generate_uid()
+    tags.setdefault("study_uid", generate_uid())
     n = normal(orientation)
     names = [f"IM{i:04d}.dcm" for i in range(len(volume))]
     if shuffle:
@@ -313,17 +285,14 @@ def write_dce_study(
         t1 = np.full(shape, 100, np.uint16)
         out["t1"] = study_folder / "series90"
         write_series(out["t1"], t1, description="ax t1 non FS", series_number=2, **common)
-        out["loc"] = study_folder / "series91"
-        loc = np.full((3, *shape[1:]), 50, np.uint16)
-        write_series(
-            out["loc"],
-            loc,
-            orientation=(0, 1, 0, 0, 0, -1),
-            description="3 plane loc",
-            image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
-            series_number=1,
-            **common,
-        )
+        out["loc"], loc_uid = study_folder / "series91", generate_uid()
+        loc = np.full((1, *shape[1:]), 50, np.uint16)
+        for i, plane in enumerate([AXIAL, (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)]):
+            write_series(  # a 3-plane localizer: one series, three orientations
+                out["loc"] / str(i), loc, orientation=plane, description="3 plane loc",
+                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), series_number=1,
+                series_uid=loc_uid, **common,
+            )  # fmt: skip
     return out
 
 
@@ -405,7 +374,11 @@ def with_transfer_syntax(src: Path, dst: Path, uid: str) -> Path:
     """
     import pydicom
 
-    placeholders = {24: "1.2.840.10008.1.2.4.201", 22: "1.2.840.10008.1.2.4.90", 20: "1.2.840.10008.1.2.5"}
+    placeholders = {
+        24: "1.2.840.10008.1.2.4.201",
+        22: "1.2.840.10008.1.2.4.90",
+        20: "1.2.840.10008.1.2.5",
+    }
     padded = len(uid) + len(uid) % 2
     ds = pydicom.dcmread(src)
     ds.file_meta.TransferSyntaxUID = UID(placeholders[padded])
