@@ -114,7 +114,11 @@ class ExtractConfig(Section):
 class ProbeConfig(Section):
     kernel: Literal["linear", "rbf"] = "linear"
     C: float = Field(1.0, gt=0)
-    max_iter: int = Field(5000, ge=100)
+    solver: Literal["auto", "libsvm", "liblinear"] = Field(
+        "auto", description="linear kernel: libsvm (kernel form, fast when samples < features "
+        "or few samples), liblinear (many samples); auto picks by shape"
+    )
+    max_iter: int = Field(5000, ge=100, description="liblinear iterations")
     n_jobs: int = Field(-1, description="joblib workers over nodes (-1: all cores)")
 
 

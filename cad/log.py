@@ -73,5 +73,7 @@ def progress(description: str, total: int | None, unit: str = "items") -> Iterat
 
 def warn_loudly(message: str) -> None:
     """A warning that must not be missed (e.g. random weights instead of ImageNet)."""
+    from rich.panel import Panel
+
     logging.getLogger("cad").warning(message)
-    console.rule(f"[bold red]WARNING: {message}", style="red")
+    console.print(Panel(message, title="WARNING", style="bold red"), markup=False)

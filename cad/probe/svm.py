@@ -35,11 +35,26 @@ class NodeScore:
         return row
 
 
-def make_probe(cfg: ProbeConfig, balance: BalanceConfig) -> Pipeline:
-    if cfg.kernel == "linear":
+LIBSVM_MAX_SAMPLES = 5000
+
+
+def solver_for(cfg: ProbeConfig, n_samples: int) -> str:
+    """libsvm solves the linear SVM in its kernel (dual) form: cost grows with samples^2 but
+    not with the feature dimension, which is what probing CNN layers looks like (hundreds
+    to a few thousand slices, up to 25k-dim features). liblinear scales to many samples
+    but its coordinate descent crawls on high-dimensional, non-separable features."""
+    if cfg.kernel != "linear" or cfg.solver == "libsvm":
+        return "libsvm"
+    if cfg.solver == "liblinear":
+        return "liblinear"
+    return "libsvm" if n_samples <= LIBSVM_MAX_SAMPLES else "liblinear"
+
+
+def make_probe(cfg: ProbeConfig, balance: BalanceConfig, n_samples: int = 0) -> Pipeline:
+    if solver_for(cfg, n_samples) == "liblinear":
         svm = LinearSVC(C=cfg.C, max_iter=cfg.max_iter, dual="auto", random_state=0)
     else:
-        svm = SVC(C=cfg.C, kernel=cfg.kernel, random_state=0)
+        svm = SVC(C=cfg.C, kernel=cfg.kernel, cache_size=1000, random_state=0)
     steps = [("scale", StandardScaler())]
     sampler = make_sampler(balance)
     if sampler is not None:
@@ -54,7 +69,7 @@ def _score_node(
     scores = []
     for k in np.unique(fold):
         train, test = fold != k, fold == k
-        model = make_probe(cfg, balance).fit(np.asarray(x[train]), y[train])
+        model = make_probe(cfg, balance, int(train.sum())).fit(np.asarray(x[train]), y[train])
         scores.append(float(f1_score(y[test], model.predict(np.asarray(x[test])), zero_division=0)))
     return scores
 

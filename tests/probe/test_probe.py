@@ -63,3 +63,21 @@ def test_connection_rules(rule, finetune, expected):
 def test_unknown_connection_name():
     with pytest.raises(ConfigError, match="did you mean 'l3'"):
         choose_connection_node(NODES, SHAPES, "l1", "l33")
+
+
+def test_solver_follows_the_shape():
+    from cad.probe.svm import make_probe, solver_for
+
+    assert solver_for(ProbeConfig(), 800) == "libsvm"
+    assert solver_for(ProbeConfig(), 50_000) == "liblinear"
+    assert solver_for(ProbeConfig(solver="liblinear"), 800) == "liblinear"
+    assert solver_for(ProbeConfig(kernel="rbf", solver="liblinear"), 800) == "libsvm"
+    steps = dict(make_probe(ProbeConfig(), BalanceConfig(method="over"), 800).steps)
+    assert list(steps) == ["scale", "resample", "svm"]
+
+
+def test_liblinear_path_agrees_on_the_best_node():
+    features, y, folds = _features()
+    scores = score_nodes(features, {"a": 1, "b": 2, "c": 3}, y, folds,
+                         ProbeConfig(solver="liblinear", n_jobs=1), BalanceConfig(method="over"))
+    assert choose_finetune_node(scores).node == "c"
