@@ -27,10 +27,12 @@ log = logging.getLogger("cad")
 
 @dataclass
 class DataChain:
-    ingest: Artifact
+    ingest: Artifact  # decoded slices as read from DICOM (what scoring sees)
     split: Artifact
     augment: Artifact
     manifest_hash: str
+    images: Artifact  # what the networks train on: ingest, or its denoised copy
+    denoise: Artifact | None = None
 
 
 @dataclass
@@ -82,11 +84,16 @@ def _data_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, secret:
     )
     split = runner.run("split", cfg.section("split"), {"ingest": ingest},
                        lambda out: ds.split_stage(out, ingest, cfg))
+    images, denoise = ingest, None
+    if cfg.denoise.enabled:
+        denoise = runner.run("denoise", cfg.section("denoise"), {"ingest": ingest, "split": split},
+                             lambda out: ds.denoise_stage(out, ingest, split, cfg))
+        images = denoise
     augment = runner.run(
         "augment", {"balance": cfg.section("balance"), "augment": cfg.section("augment")},
-        {"ingest": ingest, "split": split}, lambda out: ds.augment_stage(out, ingest, split, cfg),
+        {"ingest": images, "split": split}, lambda out: ds.augment_stage(out, images, split, cfg),
     )
-    return DataChain(ingest, split, augment, manifest_hash)
+    return DataChain(ingest, split, augment, manifest_hash, images, denoise)
 
 
 def _model_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, source: ms.Source,
@@ -108,13 +115,14 @@ def _model_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, source
         label=f"probe[{name} r{r}]",
     )
     finetune_cfg = {"finetune": cfg.section("finetune"), "backbone": backbone_cfg, "round": r}
+    denoiser = {"denoise": train.denoise} if train.denoise is not None else {}
     ft_key_inputs = {"probe": probe, "extract": extract, "augment": train.augment,
-                     "ingest": train.ingest, "split": train.split, **prev}
+                     "ingest": train.images, "split": train.split, **prev, **denoiser}
 
     def run_finetune(out: Path) -> dict:
         checkpoints = workdir / "checkpoints" / f"finetune-{name}-r{r}-{probe.key}"
-        return ms.finetune_stage(out, source, probe, extract, train.augment, train.ingest,
-                                 train.split, cfg, checkpoints, title)
+        return ms.finetune_stage(out, source, probe, extract, train.augment, train.images,
+                                 train.split, cfg, checkpoints, title, train.denoise)
 
     finetune = runner.run("finetune", finetune_cfg, ft_key_inputs, run_finetune,
                           label=f"finetune[{name} r{r}]")
@@ -129,17 +137,16 @@ def _model_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, source
 
 def preflight(cfg: PipelineConfig) -> None:
     """Fail before any work: unknown backbones, missing weights (unless a fallback is set)."""
-    from cad.backbones import get_spec
-    from cad.backbones.weights import _resolve
+    from cad.backbones import check_weights
     from cad.errors import WeightsError
     from cad.log import warn_loudly
 
     for backbone in cfg.backbones:
-        resolved = _resolve(get_spec(backbone.name), backbone.weights)
-        if resolved.problem and backbone.fallback == "none":
-            raise WeightsError(resolved.problem)
-        if resolved.problem:
-            warn_loudly(f"{backbone.name}: {resolved.problem} -- using RANDOM weights (fallback)")
+        problem = check_weights(backbone.name, backbone.weights)
+        if problem and backbone.fallback == "none":
+            raise WeightsError(problem)
+        if problem:
+            warn_loudly(f"{backbone.name}: {problem} -- using RANDOM weights (fallback)")
 
 
 def run_pipeline(cfg: PipelineConfig, workdir: str | Path = "runs/breast_mri",

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import torch
-from timm.models import adapt_input_conv
 from torch import nn
+
+
+def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """timm's kernel adaptation: sum for 1 channel, tile and rescale for others."""
+    from timm.models import adapt_input_conv as adapt  # lazily: timm is slow to import
+
+    return adapt(in_chans, weight)
 
 
 def first_conv_path(model: nn.Module) -> str:
     """Qualified name of the first registered conv layer (the stem of every net here)."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Conv3d):
+        if isinstance(module, nn.Conv2d):
             return name
     raise ValueError(f"{type(model).__name__} has no convolution")
 
@@ -49,9 +55,12 @@ def adapt_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
 
 def adapt_state_dict(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Adapt conv kernels whose input-channel count alone differs from ``target``'s."""
-    out = dict(state)
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Adapt conv kernels whose input-channel count alone differs from ``target``'s.
+
+    Returns the adapted state dict and the keys that were adapted.
+    """
+    out, adapted = dict(state), []
     for key, weight in state.items():
         want = target.get(key)
         if (
@@ -63,4 +72,5 @@ def adapt_state_dict(
             and weight.shape[2:] == want.shape[2:]
         ):
             out[key] = adapt_input_conv(want.shape[1], weight)
-    return out
+            adapted.append(key)
+    return out, adapted

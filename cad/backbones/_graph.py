@@ -8,19 +8,9 @@ from collections.abc import Sequence
 
 import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import NodePathTracer, get_graph_node_names
+from torchvision.models.feature_extraction import NodePathTracer
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def eval_node_names(model: nn.Module) -> list[str]:
-    """Node names of the eval-mode fx graph, in execution order."""
-    return get_graph_node_names(model)[1]
-
-
-def train_node_names(model: nn.Module) -> list[str]:
-    """Node names of the train-mode fx graph (differs for GoogLeNet / Inception v3)."""
-    return get_graph_node_names(model)[0]
 
 
 def _ops_leaves() -> list[type]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import timm
 from torch import nn
 
 from cad.backbones.registry import (
@@ -25,6 +24,8 @@ def _builder(arch: str) -> Callable[[int], nn.Module]:
     """A builder(in_chans) for timm's ``arch`` with random weights."""
 
     def build(in_chans: int = 3) -> nn.Module:
+        import timm  # lazily: importing cad.backbones stays cheap
+
         return timm.create_model(arch, pretrained=False, in_chans=in_chans)
 
     build.__name__ = build.__qualname__ = f"build_{arch}"
