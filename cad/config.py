@@ -97,6 +97,18 @@ class AugmentConfig(Section):
     seed: int = 0
 
 
+class DenoiseConfig(Section):
+    """Optional DnCNN denoising, trained on the training images with synthetic noise."""
+
+    enabled: bool = False
+    sigma: float = Field(0.05, gt=0, description="synthetic Gaussian noise (normalised units)")
+    epochs: int = Field(5, ge=1)
+    depth: int = Field(8, ge=3, description="DnCNN layers (the paper uses 17)")
+    features: int = Field(32, ge=4)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+
 class BackboneConfig(Section):
     name: str
     weights: str = Field("imagenet", description="imagenet, random, or a local weights file")
@@ -169,6 +181,7 @@ class PipelineConfig(Section):
     split: SplitConfig = SplitConfig()
     balance: BalanceConfig = BalanceConfig()
     augment: AugmentConfig = AugmentConfig()
+    denoise: DenoiseConfig = DenoiseConfig()
     backbones: tuple[BackboneConfig, ...] = (BackboneConfig(name="resnet50"),)
     extract: ExtractConfig = ExtractConfig()
     probe: ProbeConfig = ProbeConfig()

@@ -17,6 +17,7 @@ from cad.api import run_pipeline
 from cad.backbones import create_backbone
 from cad.config import load_config
 from cad.data.samples import read_samples
+from cad.log import setup_logging
 from cad.pipeline.model_stages import BACKBONE_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def smoke(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
     cfg = load_config(ROOT / "pipelines/smoke.yaml", ["transfer.rounds=2"])
+    setup_logging(workdir / "logs" / "run.log", verbose=True)  # every log line is PHI-checked
     result = run_pipeline(cfg, workdir)
     return cfg, workdir, result
 
@@ -80,10 +82,9 @@ def test_frozen_bits_equal_the_initial_backbone(smoke):
         torch.manual_seed(BACKBONE_SEED)
         initial = create_backbone("resnet18", weights="random", in_chans=3).model.state_dict()
     trained = load_file(str(chain.finetune.file("model/model.safetensors")))
-    frozen_prefix = ("conv1.", "bn1.") + tuple(
-        f"layer{i}." for i in range(1, 1 + {"relu": 0, "maxpool": 0, "layer1": 1, "layer2": 2,
-                                          "layer3": 3, "layer4": 4}.get(meta["nodes"]["finetune"], 0))
-    )
+    node = meta["nodes"]["finetune"]  # e.g. "layer2.1.relu_1": layers 1..2 are frozen
+    depth = int(node[5]) if node.startswith("layer") else 0
+    frozen_prefix = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, depth + 1))
     checked = 0
     for key, value in trained.items():
         name = key.removeprefix("body.")
@@ -144,6 +145,7 @@ def test_no_phi_in_any_output(smoke):
             assert value not in text, f"{value!r} leaked into {rel}"
         checked += 1
     assert checked > 10
+    assert "ingest: running" in (workdir / "logs" / "run.log").read_text()
 
 
 def test_rerun_reuses_everything_and_changes_redo_only_downstream(smoke, tmp_path):
@@ -154,3 +156,21 @@ def test_rerun_reuses_everything_and_changes_redo_only_downstream(smoke, tmp_pat
     third = run_pipeline(changed, workdir, track=False)
     ran = {r.stage for r in third.runner.records if not r.reused}
     assert ran == {"evaluate"}
+
+
+def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
+    """DnCNN as a preprocessing stage: measured on validation slices, shipped in the package."""
+    from cad.finetune.package import load_package
+
+    cfg = load_config(ROOT / "pipelines/smoke.yaml",
+                      ["denoise.enabled=true", "denoise.epochs=1", "denoise.depth=4"])
+    result = run_pipeline(cfg, smoke[1], track=False)
+    ran = {r.stage for r in result.runner.records if not r.reused}
+    assert ran == {"denoise", "augment", "extract", "probe", "finetune", "evaluate"}
+    metrics = result.data.denoise.read_json("denoise_metrics.json")
+    assert metrics["val_psnr_denoised_db"] > metrics["val_psnr_noisy_db"]
+    loaded = load_package(result.chains[0].finetune.path / "model")
+    assert loaded.denoiser is not None
+    raw = np.load(result.data.ingest.file("images.npy"), mmap_mode="r")[:4]
+    np.testing.assert_allclose(loaded.prepare_images(np.asarray(raw)),
+                               np.load(result.data.images.file("images.npy"))[:4], atol=1e-6)

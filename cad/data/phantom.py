@@ -4,7 +4,7 @@ With no real data the whole pipeline runs on this, through the same code paths r
 takes: DICOM files on disk and an ``Annotation_Boxes.csv``. Layout::
 
     out_dir/dicom/Breast_MRI_001/01-23-2004-NA-MRI BREAST BILATERAL-48213/
-        1.000000-3-plane loc-10392/1-3.dcm ...    LOCALIZER, sagittal/coronal/axial
+        1.000000-3-plane loc-10392/1-03.dcm ...   LOCALIZER, sagittal/coronal/axial
         2.000000-ax t1 non FS-55120/1-17.dcm ...  non fat-sat T1, no temporal position
         3.000000-ax dyn pre-91822/...              DCE, TemporalPositionIdentifier 1
         4.000000-ax dyn 1st pass-.../ ... 6.000000-ax dyn 3rd pass-.../  (2, 3, 4)
@@ -48,17 +48,21 @@ from scipy import ndimage
 from cad.data.phantom_anatomy import MAX_STORED, SimulatedPatient, lesion_flags, simulate_patient
 from cad.errors import CadError, DataError
 
-BOX_HEADER = ("Patient ID", "Start Row", "End Row", "Start Column", "End Column",
-              "Start Slice", "End Slice")
+BOX_HEADER = tuple(
+    "Patient ID,Start Row,End Row,Start Column,End Column,Start Slice,End Slice".split(",")
+)
 STUDY_DESCRIPTION = "MRI BREAST BILATERAL"
 INSTITUTION = "Phantom General Hospital"
 # series key -> (SeriesNumber, SeriesDescription, TemporalPositionIdentifier)
-SERIES_INFO = {"loc": (1, "3-plane loc", None), "t1": (2, "ax t1 non FS", None),
-               "pre": (3, "ax dyn pre", 1), "post1": (4, "ax dyn 1st pass", 2),
-               "post2": (5, "ax dyn 2nd pass", 3), "post3": (6, "ax dyn 3rd pass", 4)}
-_GIVEN = ("ADA", "BEATRIX", "CLARA", "DORA", "EDITH", "FLORA", "GRETA", "HILDA", "IRIS",
-          "JUNE", "KAREN", "LENA", "MAUD", "NORA", "OLGA", "PEARL", "ROSA", "SELMA", "TILDA",
-          "UNA", "VERA", "WANDA", "XENIA", "YVONNE", "ZELDA")
+SERIES_INFO = {
+    "loc": (1, "3-plane loc", None),
+    "t1": (2, "ax t1 non FS", None),
+    "pre": (3, "ax dyn pre", 1),
+    "post1": (4, "ax dyn 1st pass", 2),
+    "post2": (5, "ax dyn 2nd pass", 3),
+    "post3": (6, "ax dyn 3rd pass", 4),
+}
+_GIVEN = "ADA BEATRIX CLARA DORA EDITH FLORA GRETA HILDA IRIS JUNE KAREN LENA MAUD NORA".split()
 _DOCTORS = ("ABBOTT^ANN", "BERG^OLE", "CHEN^LI", "DIALLO^AWA", "EVANS^TOM", "FISCHER^EVA")
 _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -93,8 +97,14 @@ def _time(seconds: float) -> str:
     return f"{s // 3600:02d}{s // 60 % 60:02d}{s % 60:02d}.{int(seconds % 1 * 1e6):06d}"
 
 
+def _date(rng: np.random.Generator, first_year: int, last_year: int) -> str:
+    return (
+        f"{rng.integers(first_year, last_year)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+    )
+
+
 def _order(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A permutation of 0..n-1 that is neither ascending (nor, by chance, identity)."""
+    """A permutation of 0..n-1 that is not ascending: reversed or shuffled."""
     perm = np.arange(n)[::-1].copy() if rng.random() < 0.5 else rng.permutation(n)
     if n > 1 and np.all(np.diff(perm) > 0):
         perm = perm[::-1].copy()
@@ -110,7 +120,7 @@ class _Writer:
         self.rng = np.random.default_rng([seed, sim.index, 0x1D])
         rng = self.rng
         self.pid = patient_id(sim.index)
-        self.study_date = f"{rng.integers(2000, 2016)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+        self.study_date = _date(rng, 2000, 2016)
         self.start = float(rng.uniform(8, 17) * 3600)
         self.dyn_step = float(rng.uniform(90, 150))
         self.field = float(rng.choice([1.5, 3.0]))
@@ -122,8 +132,7 @@ class _Writer:
         self.identity = {
             "PatientName": f"PHANTOM^{_GIVEN[rng.integers(len(_GIVEN))]}",
             "PatientID": self.pid,
-            "PatientBirthDate": f"{rng.integers(1935, 1985)}{rng.integers(1, 13):02d}"
-                                f"{rng.integers(1, 29):02d}",
+            "PatientBirthDate": _date(rng, 1935, 1985),
             "PatientSex": "F",
             "AccessionNumber": f"PH{rng.integers(10**6, 10**7)}",
             "ReferringPhysicianName": _DOCTORS[rng.integers(len(_DOCTORS))],
@@ -184,15 +193,18 @@ class _Writer:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         return ds
 
-    def write(self, series: str, images: np.ndarray, positions: list[tuple[float, ...]],
-              orientations: list[tuple[float, ...]], spacings: list[tuple[float, float]],
-              acq_seconds: float, slope: float = 1.0, intercept: float = 0.0) -> None:
-        """Write ``images`` (n, rows, cols stored values) as one series in shuffled files."""
+    def write(self, series: str, images: np.ndarray, planes: list, acq_seconds: float) -> None:
+        """Write ``images`` (n, rows, cols stored values) as one series in shuffled files.
+
+        ``planes`` holds (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) per
+        image; the modality LUT is the simulated one (identity for the localizer).
+        """
         number, description, _ = SERIES_INFO[series]
         folder = f"{number}.000000-{description}-{self.rng.integers(10000, 99999)}"
         path = self.study_dir / folder
         path.mkdir(parents=True, exist_ok=True)
         ds = self.base(series, acq_seconds)
+        slope, intercept = self.sim.slope.get(series, 1.0), self.sim.intercept.get(series, 0.0)
         real = images.astype(np.float32) * slope + intercept
         lo, hi = np.percentile(real, (1, 99))
         ds.WindowCenter, ds.WindowWidth = _ds(round((lo + hi) / 2)), _ds(max(round(hi - lo), 1))
@@ -206,11 +218,12 @@ class _Writer:
             sop = self.uid(series, k)
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
             ds.InstanceNumber = int(instances[k]) + 1
-            ds.ImagePositionPatient = [_ds(c) for c in positions[k]]
-            ds.ImageOrientationPatient = [_ds(c) for c in orientations[k]]
-            ds.PixelSpacing = [_ds(s) for s in spacings[k]]
-            if orientations[k] == _AXIAL:
-                ds.SliceLocation = _ds(positions[k][2])
+            position, orientation, spacing = planes[k]
+            ds.ImagePositionPatient = [_ds(c) for c in position]
+            ds.ImageOrientationPatient = [_ds(c) for c in orientation]
+            ds.PixelSpacing = [_ds(s) for s in spacing]
+            if orientation == _AXIAL:
+                ds.SliceLocation = _ds(position[2])
             elif "SliceLocation" in ds:
                 del ds.SliceLocation
             ds.PixelData = images[k].astype("<u2").tobytes()
@@ -225,14 +238,11 @@ class _Writer:
         x0 = -(size - 1) / 2 * px + self.offset[0]
         y0 = -(size - 1) / 2 * px + self.offset[1]
         z = [(k - (slices - 1) / 2) * dz + self.offset[2] for k in range(slices)]
-        axial = [(x0, y0, zk) for zk in z]
+        axial = [((x0, y0, zk), _AXIAL, (px, px)) for zk in z]
         self.write_localizer(x0, y0, z)
-        self.write("t1", sim.series["t1"], axial, [_AXIAL] * slices, [(px, px)] * slices,
-                   self.start + 120, sim.slope["t1"], sim.intercept["t1"])
-        t_pre = self.start + 420
+        self.write("t1", sim.series["t1"], axial, self.start + 120)
         for t, name in enumerate(("pre", "post1", "post2", "post3")):
-            self.write(name, sim.series[name], axial, [_AXIAL] * slices, [(px, px)] * slices,
-                       t_pre + t * self.dyn_step, sim.slope[name], sim.intercept[name])
+            self.write(name, sim.series[name], axial, self.start + 420 + t * self.dyn_step)
         return self.files
 
     def write_localizer(self, x0: float, y0: float, z: list[float]) -> None:
@@ -242,33 +252,36 @@ class _Writer:
         px = self.sim.pixel_spacing
         row_step = (z[-1] - z[0]) / (size - 1)
         down = (0.0, 0.0, -1.0)
-        images, positions, orientations, spacings = [], [], [], []
-        for col in (int(size * 0.3), int(size * 0.7)):
+        images, planes = [], []
+        for col in (int(size * 0.3), int(size * 0.7)):  # sagittal
             images.append(t1[::-1, :, col])
-            positions.append((x0 + col * px, y0, z[-1]))
-            orientations.append((0.0, 1.0, 0.0, *down))
-        for row in (int(size * 0.35), int(size * 0.5)):
+            planes.append(((x0 + col * px, y0, z[-1]), (0.0, 1.0, 0.0, *down), (row_step, px)))
+        for row in (int(size * 0.35), int(size * 0.5)):  # coronal
             images.append(t1[::-1, row, :])
-            positions.append((x0, y0 + row * px, z[-1]))
-            orientations.append((1.0, 0.0, 0.0, *down))
-        spacings = [(row_step, px)] * 4 + [(px, px)]
+            planes.append(((x0, y0 + row * px, z[-1]), (1.0, 0.0, 0.0, *down), (row_step, px)))
         images = [ndimage.zoom(img, (size / slices, 1.0), order=1) for img in images]
         images.append(t1[slices // 2])
-        positions.append((x0, y0, z[slices // 2]))
-        orientations.append(_AXIAL)
+        planes.append(((x0, y0, z[slices // 2]), _AXIAL, (px, px)))
         stack = np.clip(np.rint(np.stack(images)), 0, MAX_STORED).astype(np.uint16)
-        self.write("loc", stack, positions, orientations, spacings, self.start)
+        self.write("loc", stack, planes, self.start)
 
 
 def _check(name: str, value: object, ok: bool, what: str) -> None:
     if not ok:
-        raise CadError(f"The '{name}' parameter of generate_phantom must be {what}. "
-                       f"Got {value!r} instead.")
+        raise CadError(
+            f"The '{name}' parameter of generate_phantom must be {what}. Got {value!r} instead."
+        )
 
 
-def generate_phantom(out_dir: str | Path, patients: int = 36, slices: int = 24,
-                     size: int = 128, seed: int = 7, lesion_fraction: float = 0.6,
-                     progress: Callable[[int, int], None] | None = None) -> PhantomInfo:
+def generate_phantom(
+    out_dir: str | Path,
+    patients: int = 36,
+    slices: int = 24,
+    size: int = 128,
+    seed: int = 7,
+    lesion_fraction: float = 0.6,
+    progress: Callable[[int, int], None] | None = None,
+) -> PhantomInfo:
     """Write the phantom under ``out_dir`` (dicom/, Annotation_Boxes.csv, phantom.json).
 
     The DICOM tree is built in a temporary directory and moved into place at the end, so
@@ -279,13 +292,15 @@ def generate_phantom(out_dir: str | Path, patients: int = 36, slices: int = 24,
     _check("patients", patients, isinstance(patients, int) and patients >= 1, "an int >= 1")
     _check("slices", slices, isinstance(slices, int) and slices >= 4, "an int >= 4")
     _check("size", size, isinstance(size, int) and size >= 16, "an int >= 16")
-    _check("lesion_fraction", lesion_fraction, 0.0 <= lesion_fraction <= 1.0,
-           "a float in [0, 1]")
+    _check("lesion_fraction", lesion_fraction, 0.0 <= lesion_fraction <= 1.0, "a float in [0, 1]")
     out = Path(out_dir)
-    dicom_root, boxes_csv, marker = out / "dicom", out / "Annotation_Boxes.csv", out / "phantom.json"
+    dicom_root, boxes_csv = out / "dicom", out / "Annotation_Boxes.csv"
+    marker = out / "phantom.json"
     if dicom_root.exists() and not marker.exists():
-        raise DataError(f"{dicom_root} exists and is not a phantom written by cad; "
-                        "choose another out_dir or remove it")
+        raise DataError(
+            f"{dicom_root} exists and is not a phantom written by cad; "
+            "choose another out_dir or remove it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     key = ["cad-phantom", str(seed), str(patients), str(slices), str(size), repr(lesion_fraction)]
     tmp = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out))
@@ -309,11 +324,8 @@ def generate_phantom(out_dir: str | Path, patients: int = 36, slices: int = 24,
         os.replace(tmp / boxes_csv.name, boxes_csv)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    info = PhantomInfo(dicom_root=dicom_root, boxes_csv=boxes_csv, patients=patients,
-                       lesion_patients=len(rows), files=files, slices=slices, size=size,
-                       seed=seed)
+    info = PhantomInfo(dicom_root, boxes_csv, patients, len(rows), files, slices, size, seed)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(info).items()}
-    summary.update(lesion_fraction=lesion_fraction, dicom_root="dicom",
-                   boxes_csv=boxes_csv.name)
+    summary.update(lesion_fraction=lesion_fraction, dicom_root="dicom", boxes_csv=boxes_csv.name)
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return info

@@ -1,17 +1,18 @@
 """Anatomy and signal model of the breast DCE-MRI phantom, in memory (no DICOM here).
 
 One patient is a 3-D axial volume in millimetres (LPS: x to the patient's left, y to
-posterior, z to superior) sampled on ``slices x size x size`` voxels over a fixed field of
-view, so a smaller phantom is the same body sampled more coarsely. Tissues are painted in
-layers with soft (partial-volume) masks; each carries a fat-saturated pre-contrast signal,
-a non-fat-saturated T1 signal and a relative enhancement for the three post-contrast
-phases. The signal then gets a smooth multiplicative bias field, a per-patient gain and
-Rician noise, and is quantised to 12-bit stored values.
+posterior, z to superior) sampled on ``slices x size x size`` voxels over a fixed slab and
+a per-patient field of view, so a smaller phantom is the same body sampled more coarsely.
+Tissues are painted in layers with soft (partial-volume) masks; each carries a
+fat-saturated pre-contrast signal, a non-fat-saturated T1 signal and a relative
+enhancement for the three post-contrast phases. The signal then gets a smooth
+multiplicative bias field (breast coil), a per-patient gain and Rician noise, and is
+quantised to 12-bit stored values.
 
-Confounders are deliberate: the heart and aorta enhance strongly in every slice,
-background parenchymal enhancement (BPE) and tubular vessels vary widely between
-patients, so that a lesion is told apart by its shape, size and focal enhancement rather
-than by how bright a slice is.
+Confounders are deliberate: the heart and great vessels enhance strongly over a varying
+range of slices, lymph nodes enhance like small masses, and background parenchymal
+enhancement (BPE) and tubular vessels vary widely between patients, so that a lesion is
+told apart by its shape, size and focal enhancement rather than by how bright a slice is.
 """
 
 from __future__ import annotations
@@ -21,19 +22,36 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-FOV_MM = 340.0
+FOV_MM = (300.0, 380.0)
 SLAB_MM = 120.0
 MAX_STORED = 4095
 SERIES = ("t1", "pre", "post1", "post2", "post3")
 KINETICS = ("persistent", "plateau", "washout")
 SHAPES = ("round", "lobulated", "spiculated")
-TISSUES = ("air", "skin", "fat", "fgt", "muscle", "thorax", "blood", "vessel", "lesion")
+TISSUES = ("air", "skin", "fat", "fgt", "muscle", "thorax", "blood", "vessel", "lesion", "node")
 
-# post1, post2, post3 enhancement relative to post1
-_CURVES = {"persistent": (1.0, 1.25, 1.45), "plateau": (1.0, 1.03, 1.0),
-           "washout": (1.0, 0.8, 0.65)}
-_BPE_RAMP = (0.45, 0.75, 1.0)
+# tissue: (code, fat-saturated pre-contrast signal, T1 signal, enhancement post1..post3)
+_TISSUE = {
+    "fat": (2, 60.0, 900.0, (0.05, 0.06, 0.07)),
+    "skin": (1, 330.0, 480.0, (0.35, 0.5, 0.6)),
+    "fgt": (3, 300.0, 330.0, (0.0, 0.0, 0.0)),
+    "muscle": (4, 170.0, 380.0, (0.25, 0.35, 0.4)),
+    "thorax": (5, 120.0, 300.0, (0.3, 0.35, 0.35)),
+    "lung": (5, 25.0, 40.0, (0.1, 0.1, 0.1)),
+    "blood": (6, 220.0, 300.0, (0.0, 0.0, 0.0)),
+    "vessel": (7, 170.0, 250.0, (0.0, 0.0, 0.0)),
+    "lesion": (8, 285.0, 340.0, (0.0, 0.0, 0.0)),
+    "node": (9, 260.0, 330.0, (0.0, 0.0, 0.0)),
+}
+# enhancement at post1, post2, post3 relative to post1
+_CURVES = dict(persistent=(1.0, 1.25, 1.45), plateau=(1.0, 1.03, 1.0), washout=(1.0, 0.8, 0.65))
+_BPE_RAMP = (0.55, 0.8, 1.0)
 _BLOOD = (1.0, 0.8, 0.68)
+_Value = float | np.ndarray
+
+
+def _scaled(level: _Value, curve: tuple[float, ...]) -> tuple[_Value, ...]:
+    return tuple(level * c for c in curve)
 
 
 @dataclass(frozen=True)
@@ -62,7 +80,7 @@ class SimulatedPatient:
     bpe: float
     pixel_spacing: float
     slice_spacing: float
-    tissue: np.ndarray = field(repr=False)
+    tissue: np.ndarray = field(repr=False)  # TISSUES code per voxel
 
     @property
     def has_lesion(self) -> bool:
@@ -74,11 +92,11 @@ class SimulatedPatient:
 
 
 class _Volume:
-    """Sampling grid plus the painted tissue properties of one patient."""
+    """Sampling grid, anatomy masks and painted tissue properties of one patient."""
 
     def __init__(self, slices: int, size: int, rng: np.random.Generator) -> None:
         self.rng = rng
-        self.px = FOV_MM / size
+        self.px = round(float(rng.uniform(*FOV_MM)), 1) / size
         self.dz = SLAB_MM / slices
         c = ((np.arange(size) - (size - 1) / 2) * self.px).astype(np.float32)
         zc = ((np.arange(slices) - (slices - 1) / 2) * self.dz).astype(np.float32)
@@ -89,11 +107,10 @@ class _Volume:
         self.enh = np.zeros((3, *self.shape), np.float32)
         self.tissue = np.zeros(self.shape, np.uint8)
 
-    def noise(self, sigma_mm: float, in_plane: bool = False) -> np.ndarray:
+    def noise(self, sigma_mm: float) -> np.ndarray:
         """Gaussian-filtered white noise with unit standard deviation."""
-        sz = 0.0 if in_plane else sigma_mm / self.dz
-        out = ndimage.gaussian_filter(self.rng.standard_normal(self.shape, np.float32),
-                                      (sz, sigma_mm / self.px, sigma_mm / self.px))
+        white = self.rng.standard_normal(self.shape, np.float32)
+        out = ndimage.gaussian_filter(white, (sigma_mm / self.dz, *[sigma_mm / self.px] * 2))
         return out / max(float(out.std()), 1e-6)
 
     def depth(self, mask: np.ndarray) -> np.ndarray:
@@ -106,11 +123,18 @@ class _Volume:
         """Partial-volume coverage of a region whose signed distance (mm, <0 inside) is given."""
         return np.clip(0.5 - signed_mm / self.px, 0.0, 1.0).astype(np.float32)
 
-    def paint(self, alpha: np.ndarray, code: int, pre: float | np.ndarray,
-              t1: float | np.ndarray, enh: tuple) -> None:
+    def point(self, index: np.ndarray) -> np.ndarray:
+        """Voxel index (slice, row, col) -> position (z, y, x) in mm."""
+        return np.array([self.z[index[0], 0, 0], self.y[0, index[1], 0], self.x[0, 0, index[2]]])
+
+    def paint(
+        self, alpha: np.ndarray, tissue: str, enh: tuple | None = None, tex: _Value = 1
+    ) -> None:
         """Blend a tissue over what is there, weighted by its coverage ``alpha``."""
-        self.pre += alpha * (pre - self.pre)
-        self.t1 += alpha * (t1 - self.t1)
+        code, pre, t1, default = _TISSUE[tissue]
+        enh = default if enh is None else enh
+        self.pre += alpha * (pre * tex - self.pre)
+        self.t1 += alpha * (t1 * tex - self.t1)
         for k in range(3):
             self.enh[k] += alpha * (enh[k] - self.enh[k])
         self.tissue[alpha >= 0.5] = code
@@ -130,236 +154,252 @@ class _Volume:
             label[tuple(idx[ok].T)] = i
         if not label.any():
             return np.zeros(self.shape, np.float32), label
-        dist, nearest = ndimage.distance_transform_edt(
-            label == 0, sampling=(1e4, self.px, self.px), return_indices=True)
-        which = label[tuple(nearest)]
+        sampling = (1e4, self.px, self.px)
+        dist, near = ndimage.distance_transform_edt(label == 0, sampling, return_indices=True)
+        which = label[tuple(near)]
         radius = np.asarray([0.0, *radii], np.float32)[which]
         alpha = np.clip((radius + self.px / 2 - dist) / self.px, 0.0, 1.0).astype(np.float32)
         return alpha, which - 1
 
 
-def _curve(start: np.ndarray, direction: np.ndarray, length: float, wiggle: float,
-           rng: np.random.Generator, step: float) -> np.ndarray:
+def _curve(v: _Volume, start: np.ndarray, direction: np.ndarray, length: float) -> np.ndarray:
     """Points (mm) along a gently curving path."""
-    n = max(int(length / step), 2)
-    t = np.linspace(0.0, length, n)[:, None]
-    side = np.cross(direction, rng.normal(size=3))
+    t = np.arange(0.0, length, 0.4 * min(v.px, v.dz))[:, None]
+    side = np.cross(direction, v.rng.normal(size=3))
     side /= np.linalg.norm(side) + 1e-9
-    bend = wiggle * np.sin(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6.3))
-    return start + t * direction + bend * side
+    period, phase = v.rng.uniform(40, 90), v.rng.uniform(0, 6.3)
+    wiggle = v.rng.uniform(2, 8) * np.sin(2 * np.pi * t / period + phase)
+    return start + t * direction + wiggle * side
 
 
-def _body(v: _Volume) -> dict[str, np.ndarray]:
-    """Thorax, two breasts, skin, subcutaneous fat, muscle, lungs, heart and aorta."""
+def _body(v: _Volume) -> None:
+    """Thorax (subcutaneous fat, muscle, mediastinum, lungs) and two breasts of fat."""
     rng = v.rng
-    ax, ay = rng.uniform(135, 160), rng.uniform(65, 80)
-    y_cw = rng.uniform(-30, -10)
-    yc = y_cw + ay
+    ax, ay, y_cw = rng.uniform(135, 160), rng.uniform(65, 80), rng.uniform(-30, -10)
+    v.ax, v.ay, v.y_cw = ax, ay, y_cw
     wobble = 0.02 * v.noise(40.0)
-    rho_t = np.sqrt((v.x / (ax * (1 + 0.04 * v.z / 60))) ** 2 + ((v.y - yc) / ay) ** 2) + wobble
-    thorax = rho_t < 1
-    breast_rho = np.full(v.shape, 9.0, np.float32)
-    size = rng.uniform(0.7, 1.25)
-    cz = rng.uniform(-40, 40)
+    rho_t = np.hypot(v.x / (ax * (1 + 0.04 * v.z / 60)), (v.y - y_cw - ay) / ay) + wobble
+    v.thorax = rho_t < 1
+    v.breast_rho = np.full(v.shape, 9.0, np.float32)
+    size, cz = rng.uniform(0.7, 1.25), rng.uniform(-40, 40)
     for side in (-1, 1):
         cx = side * rng.uniform(70, 90)
-        cy = yc - ay * np.sqrt(max(1 - (cx / ax) ** 2, 0.05)) + 8
+        cy = y_cw + ay - ay * np.sqrt(max(1 - (cx / ax) ** 2, 0.05)) + 8
         rx, ry, rz = size * rng.uniform(52, 68), size * rng.uniform(60, 95), rng.uniform(100, 150)
         rho = np.sqrt(((v.x - cx) / rx) ** 2 + ((v.y - cy) / ry) ** 2 + ((v.z - cz) / rz) ** 2)
-        breast_rho = np.minimum(breast_rho, rho + wobble)
-    breast = (breast_rho < 1) & ~thorax
-    body = thorax | breast
-    depth = v.depth(body)
-    v.paint(v.soft(-depth + v.px / 2) * body, 2, 60.0, 900.0, (0.05, 0.06, 0.07))
-    tdepth = v.depth(thorax)
+        v.breast_rho = np.minimum(v.breast_rho, rho + wobble)
+    v.breast = (v.breast_rho < 1) & ~v.thorax
+    v.body = v.thorax | v.breast
+    v.body_depth, v.breast_depth = v.depth(v.body), v.depth(v.breast)
+    v.paint(v.body.astype(np.float32), "fat")
+    v.thorax_depth = v.depth(v.thorax)
     sub, mus = rng.uniform(4, 10), rng.uniform(10, 18)
-    v.paint(((tdepth > sub) & (tdepth < sub + mus)).astype(np.float32), 4, 230.0, 380.0,
-            (0.25, 0.35, 0.4))
-    inner = (tdepth >= sub + mus).astype(np.float32)
-    v.paint(inner, 5, 180.0, 300.0, (0.3, 0.35, 0.35))
+    v.paint(((v.thorax_depth > sub) & (v.thorax_depth < sub + mus)).astype(np.float32), "muscle")
+    v.inner = (v.thorax_depth >= sub + mus).astype(np.float32)
+    v.paint(v.inner, "thorax")
     for side in (-1, 1):
-        lung = np.sqrt(((v.x - side * 0.5 * ax) / (0.33 * ax)) ** 2
-                       + ((v.y - yc - 0.1 * ay) / (0.65 * ay)) ** 2) < 1
-        v.paint(lung * inner, 5, 25.0, 40.0, (0.1, 0.1, 0.1))
+        lx, ly = (v.x - side * 0.5 * ax) / (0.33 * ax), (v.y - y_cw - 1.1 * ay) / (0.65 * ay)
+        lung = np.hypot(lx, ly)
+        v.paint((lung < 1) * v.inner, "lung")
+
+
+def _heart(v: _Volume) -> None:
+    """Heart and great vessels: strongly enhancing blood pools of varying extent."""
+    rng, yc = v.rng, v.y_cw + v.ay
+    peak = rng.uniform(1.4, 3.0)
     # the slab meets the heart at a different height in every patient
     hz, hr = rng.uniform(-80, 80), rng.uniform(50, 90)
     scale = np.sqrt(np.clip(1 - ((v.z - hz) / hr) ** 2, 0.0, 1.0)) * rng.uniform(0.8, 1.15)
-    hx, hy = rng.uniform(-15, 15), yc - 0.2 * ay
-    rho_h = np.sqrt(((v.x - hx) / (0.27 * ax)) ** 2 + ((v.y - hy) / (0.42 * ay)) ** 2) / (scale + 1e-3)
-    peak = rng.uniform(1.4, 3.0)
-    v.paint((rho_h < 1) * inner, 6, 200.0, 320.0, tuple(0.35 * peak * c for c in _BLOOD))
-    chamber = v.soft((rho_h - 0.7) * 0.3 * ay) * inner * (1 + 0.15 * v.noise(6.0))
-    v.paint(np.clip(chamber, 0, 1), 6, 220.0, 300.0, tuple(peak * c for c in _BLOOD))
-    aorta = np.hypot(v.x + 0.12 * ax, v.y - yc - 0.35 * ay) - rng.uniform(9, 13)
-    v.paint(v.soft(aorta) * inner, 6, 220.0, 300.0, tuple(peak * c for c in _BLOOD))
-    return {"body": body, "breast": breast, "breast_rho": breast_rho, "depth": depth,
-            "thorax": thorax, "y_cw": np.float32(y_cw), "tdepth": tdepth}
+    hx, hy = rng.uniform(-15, 15), yc - 0.2 * v.ay
+    rho = np.hypot((v.x - hx) / (0.27 * v.ax), (v.y - hy) / (0.42 * v.ay)) / (scale + 1e-3)
+    v.paint((rho < 1) * v.inner, "blood", _scaled(0.35 * peak, _BLOOD), 0.9)
+    chamber = v.soft((rho - 0.7) * 0.3 * v.ay) * v.inner * (1 + 0.15 * v.noise(6.0))
+    v.paint(np.clip(chamber, 0, 1), "blood", _scaled(peak, _BLOOD))
+    paths, radii, gains = [], [], []
+    for _ in range(int(rng.integers(2, 5))):
+        z0, z1 = sorted(rng.uniform(-SLAB_MM, SLAB_MM, 2))
+        zs = np.arange(z0, z1 + SLAB_MM / 2, 0.4 * min(v.px, v.dz))
+        drift = rng.normal(0, 0.15, 2)
+        x = rng.uniform(-0.2, 0.2) * v.ax + drift[0] * (zs - z0)
+        y = yc + rng.uniform(-0.3, 0.4) * v.ay + drift[1] * (zs - z0)
+        paths.append(np.stack([zs, y, x], 1))
+        radii.append(rng.uniform(5, 14))
+        gains.append(rng.uniform(0.7, 1.1))
+    alpha, which = v.tubes(paths, radii)
+    v.paint(alpha * v.inner, "blood", _scaled(np.float32(peak) * np.take(gains, which), _BLOOD))
 
 
-def _glands(v: _Volume, anat: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+def _nodes(v: _Volume) -> None:
+    """Benign enhancing lymph nodes (axillary and intramammary) with a fatty hilum."""
+    rng = v.rng
+    cand = np.argwhere(v.breast & (v.body_depth > 8))
+    for _ in range(int(rng.poisson(1.5))):
+        if rng.random() < 0.8 or not len(cand):  # mostly axillary
+            x = rng.choice([-1, 1]) * rng.uniform(0.6, 0.85) * v.ax
+            y = v.y_cw + v.ay - v.ay * np.sqrt(1 - (x / v.ax) ** 2) + rng.uniform(2, 10)
+            z = rng.uniform(-SLAB_MM / 2, SLAB_MM / 2)
+        else:
+            z, y, x = v.point(cand[rng.integers(len(cand))])
+        r = rng.uniform(3.5, 8.0) * np.array([1.0, 0.7, 0.7]) * rng.uniform(0.8, 1.2, 3)
+        rho = np.sqrt(((v.z - z) / r[0]) ** 2 + ((v.y - y) / r[1]) ** 2 + ((v.x - x) / r[2]) ** 2)
+        node = v.soft((rho - 1) * r[1:].mean()) * v.body
+        e = rng.uniform(0.8, 1.8)
+        v.paint(node, "node", (e, 0.85 * e, 0.7 * e))
+        v.paint(v.soft((rho - 0.45) * r[1:].mean()) * node, "fat")
+
+
+def _glands(v: _Volume) -> float:
     """Fibroglandular tissue with texture and patchy background parenchymal enhancement."""
     rng = v.rng
-    breast = anat["breast"]
-    field = v.noise(5.0) + 1.6 * (1 - anat["breast_rho"]) + 0.4 * v.noise(2.0)
-    density = rng.uniform(0.1, 0.6)
-    thr = np.quantile(field[breast], 1 - density)
-    deep = np.clip((v.depth(breast) - 3.0) / 4.0, 0, 1)
-    fgt = (1 / (1 + np.exp(-(field - thr) / 0.12))) * breast * deep
-    bpe = float(rng.choice([0.08, 0.25, 0.5, 0.85], p=[0.25, 0.3, 0.25, 0.2]) * rng.uniform(0.7, 1.3))
-    patch = np.clip(0.6 + 0.6 * v.noise(10.0), 0.0, 2.0)
-    tex = 1 + 0.12 * v.noise(1.0)
-    v.paint(fgt.astype(np.float32), 3, 300.0 * tex, 330.0 * tex,
-            tuple(bpe * patch * r for r in _BPE_RAMP))
-    n_foci = int(rng.poisson(14 * bpe))
-    cand = np.argwhere(fgt > 0.7)
+    grain = v.noise(5.0) + 1.6 * (1 - v.breast_rho) + 0.4 * v.noise(2.0)
+    thr = np.quantile(grain[v.breast], 1 - rng.uniform(0.1, 0.6))  # breast density
+    deep = np.clip((v.breast_depth - 3.0) / 4.0, 0, 1)
+    v.fgt = (1 / (1 + np.exp(-(grain - thr) / 0.12))) * v.breast * deep
+    bpe = float(rng.choice([0.1, 0.3, 0.6, 1.0], p=[0.25, 0.3, 0.25, 0.2]) * rng.uniform(0.7, 1.3))
+    patch = np.clip(0.6 + 0.5 * v.noise(10.0), 0.0, 1.5)
+    v.paint(v.fgt.astype(np.float32), "fgt", _scaled(bpe * patch, _BPE_RAMP), 1 + 0.12 * v.noise(1))
+    n_foci, cand = int(rng.poisson(14 * bpe)), np.argwhere(v.fgt > 0.7)
     if n_foci and len(cand):
         pts = cand[rng.choice(len(cand), n_foci)]
-        centres = [np.array([v.z[p[0], 0, 0], v.y[0, p[1], 0], v.x[0, 0, p[2]]])[None]
-                   for p in pts]
-        radii = list(rng.uniform(1.5, 3.5, n_foci))
-        alpha, which = v.tubes(centres, radii)
-        gain = rng.uniform(0.6, 1.3, n_foci).astype(np.float32)[which]
-        v.paint(alpha, 3, 300.0, 330.0, tuple(gain * r * 1.4 for r in _BPE_RAMP))
-    return fgt, bpe
+        alpha, which = v.tubes([v.point(p)[None] for p in pts], list(rng.uniform(1.5, 3.5, n_foci)))
+        gain = rng.uniform(0.8, 1.8, n_foci).astype(np.float32)[which]
+        v.paint(alpha, "fgt", _scaled(gain, _BPE_RAMP))
+    return bpe
 
 
-def _vessels(v: _Volume, anat: dict[str, np.ndarray]) -> None:
+def _vessels(v: _Volume) -> None:
     """Enhancing vessels: breast vessels crossing several slices and internal mammaries."""
     rng = v.rng
-    breast = anat["breast"] & (anat["depth"] > 4)
-    cand = np.argwhere(breast)
-    n = int(rng.choice([rng.integers(2, 7), rng.integers(8, 16)], p=[0.6, 0.4]))
+    cand = np.argwhere(v.breast & (v.body_depth > 4))
     paths, radii, strength = [], [], []
-    step = 0.4 * min(v.px, v.dz)
-    for _ in range(n):
-        p = cand[rng.integers(len(cand))]
-        start = np.array([v.z[p[0], 0, 0], v.y[0, p[1], 0], v.x[0, 0, p[2]]])
+    for _ in range(int(rng.choice([rng.integers(2, 7), rng.integers(8, 16)], p=[0.6, 0.4]))):
         d = rng.normal(size=3) * np.array([1.0, 0.8, 0.8])
         d[0] = np.sign(d[0] or 1) * max(abs(d[0]), 0.8)
-        d /= np.linalg.norm(d)
-        paths.append(_curve(start, d, rng.uniform(40, 140), rng.uniform(2, 8), rng, step))
+        start = v.point(cand[rng.integers(len(cand))])
+        paths.append(_curve(v, start, d / np.linalg.norm(d), rng.uniform(40, 140)))
         radii.append(rng.uniform(0.8, 2.2))
         strength.append(rng.uniform(0.8, 2.6))
-    ys = float(anat["y_cw"]) + 10
+    zs = np.arange(-SLAB_MM, SLAB_MM, 0.4 * min(v.px, v.dz))
     for side in (-1, 1):
-        zs = np.arange(-SLAB_MM, SLAB_MM, step)
-        paths.append(np.stack([zs, np.full_like(zs, ys), np.full_like(zs, side * 28.0)], 1))
+        paths.append(
+            np.stack([zs, np.full_like(zs, v.y_cw + 10), np.full_like(zs, side * 28.0)], 1)
+        )
         radii.append(rng.uniform(1.5, 2.5))
         strength.append(rng.uniform(1.5, 2.5))
     alpha, which = v.tubes(paths, radii)
-    alpha *= anat["body"] & (anat["tdepth"] < 40)
-    s = np.asarray(strength, np.float32)[which]
-    v.paint(alpha, 7, 170.0, 250.0, tuple(s * c for c in _BLOOD))
+    alpha *= v.body & (v.thorax_depth < 40)
+    v.paint(alpha, "vessel", _scaled(np.asarray(strength, np.float32)[which], _BLOOD))
 
 
-def _lesion(v: _Volume, anat: dict[str, np.ndarray], fgt: np.ndarray) -> tuple[str, str]:
+def _lesion(v: _Volume) -> tuple[str, str]:
     """One enhancing 3-D mass inside the breast; returns (shape, kinetics)."""
     rng = v.rng
     shape, kinetics = str(rng.choice(SHAPES)), str(rng.choice(KINETICS))
-    radius = rng.uniform(6.0, 15.0)
-    bdepth = v.depth(anat["breast"])
-    for _ in range(8):
-        cz = rng.uniform(-SLAB_MM / 2 + 0.5 * radius, SLAB_MM / 2 - 0.5 * radius)
-        k = int(np.argmin(np.abs(v.z[:, 0, 0] - cz)))
-        ok = np.argwhere(bdepth[k] > radius + 3)
-        if len(ok):
-            break
-        radius *= 0.85
+    radius = rng.uniform(7.0, 16.0)
+    cz = rng.uniform(-SLAB_MM / 2 + 0.5 * radius, SLAB_MM / 2 - 0.5 * radius)
+    k = int(np.argmin(np.abs(v.z[:, 0, 0] - cz)))
+    room = v.breast_depth[k]
+    radius = min(radius, max(float(room.max()) - 3, 7.0))
+    ok = np.argwhere(room >= radius + 3)
     if len(ok):
-        w = fgt[k][tuple(ok.T)] + 0.3
+        w = v.fgt[k][tuple(ok.T)] + 0.3  # lesions arise mostly in glandular tissue
         r_, c_ = ok[rng.choice(len(ok), p=w / w.sum())]
     else:
-        r_, c_ = np.unravel_index(np.argmax(bdepth[k]), bdepth[k].shape)
+        r_, c_ = np.unravel_index(np.argmax(room), room.shape)
     centre = np.array([cz, v.y[0, r_, 0], v.x[0, 0, c_]], np.float32)
     axes = radius * rng.uniform(0.75, 1.25, 3)
     rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     rel = [v.z - centre[0], v.y - centre[1], v.x - centre[2]]
     local = [sum(rot[i, j] * rel[j] for j in range(3)) / axes[i] for i in range(3)]
     rho = np.sqrt(sum(c * c for c in local)) + 1e-6
-    unit = [c / rho for c in local]
     modulation = np.ones_like(rho)
     if shape != "round":
         for _ in range(6):
             w_ = rng.normal(size=3)
-            modulation += rng.uniform(0.05, 0.12) * np.cos(
-                rng.uniform(2, 4) * sum(w_[i] * unit[i] for i in range(3)) + rng.uniform(0, 6.3))
-    core = v.soft((rho / modulation - 1) * radius)
-    mass = core
+            phase = rng.uniform(2, 4) * sum(w_[i] * local[i] for i in range(3)) / rho
+            modulation += rng.uniform(0.05, 0.12) * np.cos(phase + rng.uniform(0, 6.3))
+    mass = v.soft((rho / modulation - 1) * radius)
     if shape == "spiculated":
         spikes = []
         for _ in range(int(rng.integers(5, 12))):
             d = rng.normal(size=3)
-            d /= np.linalg.norm(d)
             t = np.linspace(0.6 * radius, radius * rng.uniform(1.5, 2.3), 40)[:, None]
-            spikes.append(centre + t * d)
+            spikes.append(centre + t * d / np.linalg.norm(d))
         spike, _ = v.tubes(spikes, list(rng.uniform(0.6, 1.1, len(spikes))))
-        mass = np.maximum(core, 0.8 * spike * (rho < 3))
-    peak = rng.uniform(0.9, 2.0)
-    if rng.random() < 0.35:
+        mass = np.maximum(mass, 0.8 * spike * (rho < 3))
+    peak = rng.uniform(1.1, 2.2)
+    if rng.random() < 0.35:  # rim enhancement
         profile = 0.35 + 0.65 * np.clip(rho / modulation, 0, 1) ** 2
     else:
         profile = np.clip(0.85 + 0.15 * v.noise(2.0), 0.5, 1.2)
-    tex = 1 + 0.08 * v.noise(1.5)
-    v.paint(mass * anat["breast"], 8, rng.uniform(250, 320) * tex, 340.0 * tex,
-            tuple(peak * profile * c for c in _CURVES[kinetics]))
+    tex = rng.uniform(0.9, 1.1) + 0.08 * v.noise(1.5)
+    v.paint(mass * v.breast, "lesion", _scaled(peak * profile, _CURVES[kinetics]), tex)
     return shape, kinetics
 
 
-def _box(tissue: np.ndarray) -> LesionBox:
+def _box(tissue: np.ndarray) -> LesionBox | None:
     zs, rs, cs = np.nonzero(tissue == TISSUES.index("lesion"))
-    return LesionBox(int(rs.min()) + 1, int(rs.max()) + 1, int(cs.min()) + 1,
-                     int(cs.max()) + 1, int(zs.min()) + 1, int(zs.max()) + 1)
+    if not len(zs):
+        return None
+    lo, hi = [int(a.min()) + 1 for a in (rs, cs, zs)], [int(a.max()) + 1 for a in (rs, cs, zs)]
+    return LesionBox(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
 
 
-def _acquire(v: _Volume, anat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Real-valued magnitude images: bias field, gain, skin, Rician noise."""
+def _acquire(v: _Volume) -> dict[str, np.ndarray]:
+    """Real-valued magnitude images: skin, coil bias field, gain, Rician noise."""
     rng = v.rng
-    v.paint(v.soft(anat["depth"] - 2.5) * anat["body"], 1, 330.0, 480.0, (0.35, 0.5, 0.6))
+    v.paint(v.soft(v.body_depth - 2.5) * v.body, "skin")
     xn, yn, zn = v.x / 170, v.y / 170, v.z / 60
     coeff = rng.normal(0, 0.12, 6)
-    bias = np.exp(coeff[0] * xn + coeff[1] * yn + coeff[2] * zn + coeff[3] * xn * yn
-                  + coeff[4] * xn**2 - np.abs(coeff[5]) * yn**2 - 0.15 * yn).astype(np.float32)
+    coeff[5] = abs(coeff[5])
+    terms = (xn, yn, zn, xn * yn, xn**2, -(yn**2))
+    smooth = sum(c * t for c, t in zip(coeff, terms, strict=True))
+    bias = np.exp(smooth - rng.uniform(0.3, 0.6) * yn)  # brighter near the breast coil
     gain = rng.uniform(1.0, 2.4)
-    sigma = rng.uniform(0.03, 0.06) * 300 * gain
+    sigma = rng.uniform(0.025, 0.05) * 300 * gain
     clean = {"t1": v.t1, "pre": v.pre}
     clean.update({f"post{k + 1}": v.pre * (1 + v.enh[k]) for k in range(3)})
     out = {}
     for name in SERIES:
-        signal = clean[name] * bias * gain
-        re = signal + sigma * rng.standard_normal(v.shape, np.float32)
+        re = clean[name] * bias * gain + sigma * rng.standard_normal(v.shape, np.float32)
         im = sigma * rng.standard_normal(v.shape, np.float32)
         out[name] = np.sqrt(re * re + im * im)
     return out
 
 
-def simulate_patient(index: int, slices: int, size: int, rng_seed: int,
-                     has_lesion: bool) -> SimulatedPatient:
-    """Simulate one patient's T1 and four DCE volumes; deterministic in all arguments."""
-    rng = np.random.default_rng([rng_seed, index, slices, size])
-    v = _Volume(slices, size, rng)
-    anat = _body(v)
-    fgt, bpe = _glands(v, anat)
-    _vessels(v, anat)
-    shape = kinetics = None
-    if has_lesion:
-        shape, kinetics = _lesion(v, anat, fgt)
-    real = _acquire(v, anat)
-    post_slope = float(rng.choice([1.0, 2.0]))
-    slope = {"t1": 1.0, "pre": 1.0, "post1": post_slope, "post2": post_slope,
-             "post3": post_slope}
+def simulate_patient(
+    index: int, slices: int, size: int, rng_seed: int, has_lesion: bool
+) -> SimulatedPatient:
+    """Simulate one patient's T1 and four DCE volumes; deterministic in all arguments.
+
+    Post-contrast series of odd-indexed patients are stored with RescaleSlope 2.
+    """
+    v = _Volume(slices, size, np.random.default_rng([rng_seed, index, slices, size]))
+    _body(v)
+    _heart(v)
+    _nodes(v)
+    bpe = _glands(v)
+    _vessels(v)
+    shape, kinetics = _lesion(v) if has_lesion else (None, None)
+    real = _acquire(v)
+    slope = {n: 2.0 if n.startswith("post") and index % 2 else 1.0 for n in SERIES}
     intercept = dict.fromkeys(SERIES, 0.0)
-    stored = {name: np.clip(np.rint((real[name] - intercept[name]) / slope[name]), 0,
-                            MAX_STORED).astype(np.uint16) for name in SERIES}
-    box = _box(v.tissue) if has_lesion and (v.tissue == TISSUES.index("lesion")).any() else None
-    return SimulatedPatient(index=index, series=stored, slope=slope, intercept=intercept,
-                            box=box, lesion_shape=shape if box else None,
-                            kinetics=kinetics if box else None, bpe=bpe,
-                            pixel_spacing=v.px, slice_spacing=v.dz, tissue=v.tissue)
+    stored = {
+        n: np.clip(np.rint((real[n] - intercept[n]) / slope[n]), 0, MAX_STORED) for n in SERIES
+    }
+    series = {n: a.astype(np.uint16) for n, a in stored.items()}
+    box = _box(v.tissue) if has_lesion else None
+    if box is None:
+        shape = kinetics = None
+    return SimulatedPatient(
+        index, series, slope, intercept, box, shape, kinetics, bpe, v.px, v.dz, v.tissue
+    )
 
 
 def lesion_flags(patients: int, lesion_fraction: float, seed: int) -> list[bool]:
     """Which patients get a lesion: round(patients * fraction) of them, chosen by seed."""
     n = int(round(patients * lesion_fraction))
-    n = min(max(n, 1), patients - 1) if patients > 1 else n
+    if 0 < lesion_fraction < 1 and patients > 1:
+        n = min(max(n, 1), patients - 1)
     chosen = set(np.random.default_rng([seed, 0x1E5]).permutation(patients)[:n].tolist())
     return [i in chosen for i in range(patients)]

@@ -66,6 +66,7 @@ def build_summary(result: RunResult, started: float) -> dict[str, Any]:
             "splits": splits,
             "ingest": {k: v for k, v in data.ingest.manifest.items()
                        if k in ("items", "studies", "studies_skipped", "outcomes", "positives")},
+            "denoise": data.denoise.read_json("denoise_metrics.json") if data.denoise else None,
         },
         "results": chains,
         "best": {"backbone": best["backbone"], "round": best["round"], "chosen_by": "validation F1",
@@ -93,6 +94,12 @@ def write_report(summary: dict[str, Any], path: Path) -> None:
     sizes = summary["data"]["splits"]
     lines += ["## Data", "", "| split | patients | slices | positive slices |", "|---|---|---|---|"]
     lines += [f"| {n} | {s['patients']} | {s['samples']} | {s['positives']} |" for n, s in sizes.items()]
+    denoise = summary["data"].get("denoise")
+    if denoise:
+        lines += ["", f"DnCNN denoising (trained on training slices, sigma {denoise['sigma']}): "
+                  f"validation PSNR {denoise['val_psnr_noisy_db']:.2f} dB noisy -> "
+                  f"{denoise['val_psnr_denoised_db']:.2f} dB denoised; mean absolute change on "
+                  f"the real slices {denoise['mean_abs_change_real']:.4f}."]
     lines += ["", "## Test metrics (95% patient-bootstrap intervals)", "",
               "| backbone | round | weights | fine-tuning node | connection node | "
               + " | ".join(METRICS) + " |", "|" + "---|" * (5 + len(METRICS))]

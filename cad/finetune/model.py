@@ -51,14 +51,23 @@ class Head(nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
-class TransferModel(nn.Module):
-    """normalize -> body (backbone up to the connection node) -> head."""
+AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary losses are added with weight 0.3 (Szegedy 2014)
 
-    def __init__(self, normalize: Normalize, body: nn.Module, head: Head) -> None:
+
+class TransferModel(nn.Module):
+    """normalize -> body (backbone up to the connection node) -> head.
+
+    ``aux_heads`` (GoogLeNet deep supervision) read intermediate nodes of the trainable
+    part during training only; inference uses the main head alone.
+    """
+
+    def __init__(self, normalize: Normalize, body: nn.Module, head: Head,
+                 aux_heads: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.normalize = normalize
         self.body = body
         self.head = head
+        self.aux_heads = nn.ModuleDict(aux_heads or {})
         self.frozen_modules: list[str] = []
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +75,11 @@ class TransferModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def forward_supervised(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[main logits, aux logits...] for the training loss."""
+        out = self.body(self.normalize(x))
+        return [self.head(out[FEATURES_KEY])] + [h(out[k]) for k, h in self.aux_heads.items()]
 
     def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
@@ -102,10 +116,12 @@ def ancestors(node: fx.Node) -> set[fx.Node]:
     return seen
 
 
-def cut_backbone(backbone: nn.Module, finetune_node: str, connection_node: str) -> fx.GraphModule:
-    """The backbone up to ``connection_node``; returns ``{finetune, features}`` tensors."""
+def cut_backbone(backbone: nn.Module, finetune_node: str, connection_node: str,
+                 aux_nodes: Sequence[str] = ()) -> fx.GraphModule:
+    """The backbone up to ``connection_node``; returns ``{finetune, features, aux<i>}``."""
     backbone.eval()
-    nodes = {finetune_node: FINETUNE_KEY, connection_node: FEATURES_KEY}  # same node: features
+    nodes = {node: f"aux{i}" for i, node in enumerate(aux_nodes)}
+    nodes |= {finetune_node: FINETUNE_KEY, connection_node: FEATURES_KEY}  # same node: features
     return create_feature_extractor(backbone, return_nodes=nodes)
 
 
@@ -203,11 +219,22 @@ def build_transfer_model(
     hidden: int,
     dropout: float,
     classes: int = 2,
+    aux_nodes: Sequence[str] = (),
 ) -> TransferModel:
-    """Cut ``backbone``, attach a fresh head and freeze up to ``finetune_node``."""
-    body = cut_backbone(backbone, finetune_node, connection_node)
+    """Cut ``backbone``, attach a fresh head and freeze up to ``finetune_node``.
+
+    ``aux_nodes`` (nodes between the two nodes) get GoogLeNet-style auxiliary classifiers
+    (4x4 average pool, 1x1 conv 128, FC 1024, dropout 0.7, FC classes) for deep supervision.
+    """
+    body = cut_backbone(backbone, finetune_node, connection_node, aux_nodes)
     shape = output_shape(body, in_chans, size, FEATURES_KEY)
     head = Head(shape[0], hidden, dropout, classes)
-    model = TransferModel(Normalize(mean, std, in_chans), body, head)
+    aux_heads = {}
+    for i in range(len(aux_nodes)):
+        from torchvision.models.googlenet import InceptionAux
+
+        channels = output_shape(body, in_chans, size, f"aux{i}")[0]
+        aux_heads[f"aux{i}"] = InceptionAux(channels, classes, dropout=0.7)
+    model = TransferModel(Normalize(mean, std, in_chans), body, head, aux_heads)
     freeze(model)
     return model

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import shutil
+
+import numpy as np
 from safetensors.torch import load_model, save_model
 
 from cad import __version__
@@ -21,6 +24,7 @@ from cad.finetune.model import TransferModel, build_transfer_model
 from cad.pipeline.store import sha256_file
 
 WEIGHTS = "model.safetensors"
+DENOISER = "denoiser.safetensors"
 META = "model.json"
 SUMS = "SHA256SUMS"
 FORMAT = "cad-model/1"
@@ -30,6 +34,15 @@ FORMAT = "cad-model/1"
 class LoadedModel:
     model: TransferModel
     meta: dict[str, Any]
+    denoiser: Any = None  # a DnCNN when the package was trained on denoised slices
+
+    def prepare_images(self, images: np.ndarray) -> np.ndarray:
+        """What the network expects from preprocessed slices (applies the denoiser if any)."""
+        if self.denoiser is None:
+            return images
+        from cad.backbones.dncnn import denoise
+
+        return denoise(self.denoiser, images)
 
     @property
     def input_spec(self) -> InputConfig:
@@ -40,13 +53,20 @@ class LoadedModel:
         return float(self.meta["threshold"])
 
 
-def save_package(model: TransferModel, meta: dict[str, Any], directory: Path) -> Path:
+def _files(meta: dict[str, Any]) -> tuple[str, ...]:
+    return (WEIGHTS, META, DENOISER) if meta.get("denoiser") else (WEIGHTS, META)
+
+
+def save_package(model: TransferModel, meta: dict[str, Any], directory: Path,
+                 denoiser: Path | None = None) -> Path:
     """Write the package into ``directory`` (which must be inside an atomic artifact)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS))
+    if denoiser is not None:
+        shutil.copy(denoiser, directory / DENOISER)
     meta = {"format": FORMAT, "cad_version": __version__, **meta}
     (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    sums = "".join(f"{sha256_file(directory / name)}  {name}\n" for name in (WEIGHTS, META))
+    sums = "".join(f"{sha256_file(directory / name)}  {name}\n" for name in _files(meta))
     (directory / SUMS).write_text(sums)
     return directory
 
@@ -64,7 +84,12 @@ def verify_package(directory: Path) -> None:
     for line in (directory / SUMS).read_text().splitlines():
         digest, _, name = line.partition("  ")
         expected[name.strip()] = digest.strip()
-    for name in (WEIGHTS, META):
+    names = [n for n in expected if n in (WEIGHTS, META, DENOISER)]
+    if WEIGHTS not in names or META not in names:
+        raise ModelPackageError(f"{SUMS} does not list {WEIGHTS} and {META}")
+    for name in names:
+        if not (directory / name).is_file():
+            raise ModelPackageError(f"model package is missing {name} (listed in {SUMS})")
         if expected.get(name) != sha256_file(directory / name):
             raise ModelPackageError(
                 f"model package file {name} does not match its SHA-256 in {SUMS}: the package "
@@ -95,6 +120,7 @@ def rebuild(meta: dict[str, Any]) -> TransferModel:
         hidden=meta["head"]["hidden"],
         dropout=meta["head"]["dropout"],
         classes=len(meta["classes"]),
+        aux_nodes=meta.get("aux_nodes", ()),
     )
 
 
@@ -109,4 +135,14 @@ def load_package(directory: str | Path) -> LoadedModel:
     except RuntimeError as exc:
         raise ModelPackageError(f"{WEIGHTS} does not fit the architecture in {META}: {exc}") from exc
     model.eval()
-    return LoadedModel(model, meta)
+    denoiser = None
+    if meta.get("denoiser"):
+        from cad.backbones.dncnn import DnCNN
+
+        spec = meta["denoiser"]
+        if DENOISER not in (directory / SUMS).read_text():
+            raise ModelPackageError(f"model.json names a denoiser but {SUMS} does not list it")
+        denoiser = DnCNN(spec["in_chans"], spec["depth"], spec["features"])
+        load_model(denoiser, str(directory / DENOISER), strict=True)
+        denoiser.eval()
+    return LoadedModel(model, meta, denoiser)

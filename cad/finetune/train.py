@@ -26,7 +26,7 @@ from torch import nn
 from cad.config import AugmentConfig, FinetuneConfig
 from cad.data.augment import apply, make_augment
 from cad.device import Runtime
-from cad.finetune.model import TransferModel, split_prefix
+from cad.finetune.model import AUX_WEIGHT, TransferModel, split_prefix
 
 log = logging.getLogger("cad.finetune")
 
@@ -133,7 +133,8 @@ def train(
     """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices."""
     model = runtime.prepare(model)
     online = augment.mode == "online" and augment.copies >= 0 and augment.mode != "none"
-    halves = split_prefix(model.body) if cfg.cache_prefix and not online else None
+    supervised = len(model.aux_heads) > 0  # deep supervision needs the full forward
+    halves = split_prefix(model.body) if cfg.cache_prefix and not online and not supervised else None
     x_all = torch.from_numpy(np.array(images, dtype=np.float32))  # own, writable copy
     x_val = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -146,19 +147,19 @@ def train(
         cache = _run_in_batches(lambda b: prefix(model.normalize(b)), x_all, cfg.batch_size, runtime)
         val_cache = _run_in_batches(lambda b: prefix(model.normalize(b)), x_val, cfg.batch_size, runtime)
 
-        def forward_train(idx: torch.Tensor) -> torch.Tensor:
-            return model.head(suffix(runtime.batch(cache[idx].clone())))
+        def forward_train(idx: torch.Tensor) -> list[torch.Tensor]:
+            return [model.head(suffix(runtime.batch(cache[idx].clone())))]
 
         def val_logits() -> torch.Tensor:
             return _run_in_batches(lambda b: model.head(suffix(b)), val_cache, cfg.batch_size, runtime)
     else:
         transform = make_augment(augment) if online else None
 
-        def forward_train(idx: torch.Tensor) -> torch.Tensor:
+        def forward_train(idx: torch.Tensor) -> list[torch.Tensor]:
             batch = x_all[idx]
             if transform is not None:
                 batch = torch.from_numpy(np.stack([apply(transform, img) for img in batch.numpy()]))
-            return model(runtime.batch(batch))
+            return model.forward_supervised(runtime.batch(batch))
 
         def val_logits() -> torch.Tensor:
             return _run_in_batches(model, x_val, cfg.batch_size, runtime)
@@ -192,7 +193,10 @@ def train(
             idx = perm[start : start + cfg.batch_size]
             target = runtime.batch(y_all[idx])
             with runtime.autocast():
-                loss = loss_fn(forward_train(idx).float(), target)
+                main, *aux = forward_train(idx)
+                loss = loss_fn(main.float(), target)
+                for logits in aux:
+                    loss = loss + AUX_WEIGHT * loss_fn(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -116,23 +116,32 @@ def probe_stage(out: Path, extract: Artifact, augment: Artifact, split: Artifact
     return {"items": len(scores) * len(np.unique(folds)), **chosen}
 
 
+def supervised_aux_nodes(spec, finetune: str, connection: str) -> tuple[str, ...]:
+    """Auxiliary-classifier nodes inside the trainable part (after the fine-tuning node, up
+    to the connection node): only there can deep supervision change anything."""
+    order = list(spec.nodes)
+    lo, hi = order.index(finetune), order.index(connection)
+    return tuple(n for n in spec.aux_nodes if n in order and lo < order.index(n) <= hi)
+
+
 def _data_hash(augment: Artifact) -> str:
     return hashlib.sha256(augment.key.encode()).hexdigest()[:16]
 
 
 def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact, augment: Artifact,
                    ingest: Artifact, split: Artifact, cfg: PipelineConfig, checkpoints: Path,
-                   title: str) -> dict:
+                   title: str, denoise: Artifact | None = None) -> dict:
     spec = get_spec(source.backbone.name)
     in_chans = cfg.input.in_chans
     chosen = probe.read_json("nodes.json")
     model_in, _, _ = _backbone(source, in_chans)
     weights_source = extract.read_json("nodes.json")["weights_source"]
     torch.manual_seed(cfg.finetune.seed)
+    aux_nodes = supervised_aux_nodes(spec, chosen["finetune"], chosen["connection"])
     model = build_transfer_model(
         model_in, chosen["finetune"], chosen["connection"], mean=spec.mean, std=spec.std,
         in_chans=in_chans, size=cfg.input.size, hidden=cfg.finetune.hidden,
-        dropout=cfg.finetune.dropout,
+        dropout=cfg.finetune.dropout, aux_nodes=aux_nodes,
     )
     if source.previous is not None:
         _, meta, head = backbone_from_package(source.previous.path / "model")
@@ -153,6 +162,7 @@ def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact
     meta = {
         "backbone": spec.name, "round": source.round, "weights_source": weights_source,
         "nodes": {"finetune": chosen["finetune"], "connection": chosen["connection"]},
+        "aux_nodes": list(aux_nodes),
         "head": {"hidden": cfg.finetune.hidden, "dropout": cfg.finetune.dropout},
         "classes": ["non-tumour", "tumour"], "in_chans": in_chans,
         "input": json.loads(cfg.input.model_dump_json()),
@@ -164,7 +174,12 @@ def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact
         "frozen_params": int(sum(p.numel() for p in model.frozen_parameters().values())),
         "best_epoch": result.best_epoch, "best_val_f1": result.best_val_f1,
     }
-    save_package(model.float().to("cpu").to(memory_format=torch.contiguous_format), meta, out / "model")
+    denoiser = None
+    if denoise is not None:
+        meta["denoiser"] = denoise.read_json("dncnn.json")
+        denoiser = denoise.file("dncnn.safetensors")
+    model = model.float().to("cpu").to(memory_format=torch.contiguous_format)
+    save_package(model, meta, out / "model", denoiser=denoiser)
     with open(out / "history.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
         writer.writeheader()
@@ -183,7 +198,8 @@ def evaluate_stage(out: Path, finetune: Artifact, ingest: Artifact, split: Artif
     test_idx = split_indices(ingest, split, "test")
     images = np.load(ingest.file("images.npy"), mmap_mode="r")
     runtime: Runtime = select_runtime(cfg.finetune.precision, cfg.extract.channels_last)
-    prob = predict_proba(runtime.prepare(loaded.model), np.asarray(images[test_idx]), runtime)
+    test_images = loaded.prepare_images(np.asarray(images[test_idx]))  # e.g. the package's DnCNN
+    prob = predict_proba(runtime.prepare(loaded.model), test_images, runtime)
     y = column(samples, "label")[test_idx].astype(int)
     groups = column(samples, "patient")[test_idx]
     threshold = loaded.threshold

@@ -121,3 +121,31 @@ def test_same_node_trains_only_the_head():
     with torch.no_grad():
         model.eval()
         assert torch.allclose(model(x), model.head(suffix(prefix(model.normalize(x)))), atol=1e-5)
+
+
+def test_googlenet_deep_supervision_trains_aux_heads_and_drops_them_at_inference():
+    from cad.backbones import create_backbone, get_spec
+    from cad.pipeline.model_stages import supervised_aux_nodes
+
+    spec = get_spec("googlenet")
+    aux = supervised_aux_nodes(spec, "inception3b.cat", "inception4e.cat")
+    assert aux == ("inception4a.cat", "inception4d.cat")
+    assert supervised_aux_nodes(spec, "inception4d.cat", "inception5a.cat") == ()
+    torch.manual_seed(0)
+    backbone = create_backbone("googlenet", "random", 3).model
+    model = build_transfer_model(backbone, "inception3b.cat", "inception4e.cat", in_chans=3,
+                                 size=64, hidden=16, dropout=0.5, aux_nodes=aux, **IMAGENET)
+    x, y = _data(16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = FinetuneConfig(epochs=1, batch_size=8, precision="fp32", hidden=16)
+    result = train(model, x, y, np.arange(len(y)), x[:4], y[:4], cfg, AugmentConfig(mode="none"),
+                   select_runtime("fp32", channels_last=False))
+    assert not result.used_prefix_cache
+    after = model.state_dict()
+    assert not torch.equal(before["aux_heads.aux0.fc2.weight"], after["aux_heads.aux0.fc2.weight"])
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x[:2]))
+        outputs = model.forward_supervised(torch.from_numpy(x[:2]))
+    assert logits.shape == (2, 2) and len(outputs) == 3
+    assert torch.equal(logits, outputs[0])

@@ -1,0 +1,13 @@
+"""Batch scoring of DICOM folders (``cad score``).
+
+- ``api``: ``score_folder``, what the CLI, tests and notebooks call.
+- ``cli``: the typer shell that ``cad score`` registers (imports nothing heavy).
+- ``stream``: folder walk, header pass and per-study decoding in worker processes.
+- ``run``: one pass over the indexed folder: predict, write, commit per patient.
+- ``infer``: batching slices across studies, inference, per-study/patient aggregation.
+- ``writers``: predictions/errors/key-map CSVs and the resume sidecar.
+- ``summary``: the counts and exit code a run reports.
+- ``cam``: Grad-CAM overlays at the model's connection node.
+
+Nothing is imported here, so that ``cad --help`` stays fast.
+"""

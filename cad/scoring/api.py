@@ -1,0 +1,149 @@
+"""``score_folder``: score every DICOM study below a folder with a model package.
+
+Flow: resolve and verify the model -> header pass over the folder (worker processes) ->
+studies sorted by pseudonymous (patient, study) key -> each study decoded and
+preprocessed in a worker exactly as training ingest does -> slices batched across studies
+-> rows written as each patient finishes. Memory holds a small per-file index, the
+studies in flight and one batch, whatever the folder size.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cad.device import describe, select_runtime
+from cad.errors import CadError, ModelPackageError, look_up_option
+from cad.finetune.package import SUMS, load_package
+from cad.phi import Pseudonymizer, load_secret
+from cad.scoring.run import Run
+from cad.scoring.stream import WorkerPool, index_folder_stream, walk
+from cad.scoring.summary import ScoreSummary, progress_or_nothing
+from cad.scoring.writers import sidecar_path
+
+log = logging.getLogger("cad.scoring")
+
+LEVELS = ("slice", "series", "patient")
+
+
+def resolve_model(model: str | Path, tracking_uri: str | None, dest: Path) -> Path:
+    """A package directory: given directly (or a run's finetune artifact), or via MLflow."""
+    text = str(model)
+    if text.startswith(("runs:/", "models:/")):
+        from cad.tracking import default_tracking_uri, resolve_model_uri
+
+        return resolve_model_uri(text, default_tracking_uri(Path.cwd(), tracking_uri), dest)
+    path = Path(text).expanduser()
+    if not (path / "model.json").exists() and (path / "model" / "model.json").exists():
+        path = path / "model"  # a run's finetune artifact directory
+    if not path.is_dir():
+        raise ModelPackageError(
+            f"no model package directory at '{text}'; pass the 'model' directory a run wrote "
+            "(model.safetensors, model.json, SHA256SUMS), runs:/<run_id>/model, "
+            "models:/<name>@<alias> or models:/<name>/<version>")
+    return path
+
+
+def _check_paths(dicom_dir: Path, out: Path, errors: Path, key_map: Path | None,
+                 cam_dir: Path | None) -> None:
+    if not dicom_dir.is_dir():
+        raise CadError("DICOM_DIR is not a folder; pass the root folder of the DICOM export")
+    root = dicom_dir.resolve()
+    outputs = {"--out": out, "--errors": errors, "--key-map": key_map, "--cam": cam_dir}
+    for option, path in outputs.items():
+        if path is not None and path.resolve().is_relative_to(root):
+            raise CadError(f"{option} points inside DICOM_DIR, which is scanned for input; "
+                           "write outputs to another folder")
+    if out.resolve() == errors.resolve():
+        raise CadError("--errors must be a different file from --out")
+    if key_map is not None:
+        taken = {p.resolve() for p in (out, errors, sidecar_path(out))}
+        target = key_map.resolve()
+        if target in taken or (cam_dir and target.is_relative_to(cam_dir.resolve())):
+            raise CadError("--key-map must be its own file (it holds patient identifiers), not "
+                           "the predictions, errors or progress file; e.g. --key-map "
+                           "reidentification_key.csv, kept away from shared outputs")
+
+
+def default_errors_path(out: Path) -> Path:
+    """``predictions.csv`` -> ``predictions.errors.csv``."""
+    return out.with_name(f"{out.stem}.errors.csv")
+
+
+def score_folder(
+    model: str | Path,
+    dicom_dir: str | Path,
+    out: str | Path,
+    errors: str | Path | None = None,
+    level: str = "slice",
+    batch_size: int = 64,
+    workers: int = 2,
+    resume: bool = False,
+    cam_dir: str | Path | None = None,
+    key_map: str | Path | None = None,
+    tracking_uri: str | None = None,
+    *,
+    progress: bool = True,
+    _on_commit: Callable[[int], None] | None = None,
+) -> ScoreSummary:
+    """Score every study below ``dicom_dir``; write predictions, errors and (opt.) key map.
+
+    ``workers`` decode studies in parallel (0: in this process). Raises CadError for
+    usage and model problems; bad input files end up in the errors file, never raise.
+    ``_on_commit(patients_done)`` is a test hook called after each finished patient.
+    """
+    started = time.perf_counter()
+    level = look_up_option(level, LEVELS, "--level")
+    if batch_size < 1 or workers < 0:
+        raise CadError(f"--batch-size must be >= 1 and --workers >= 0; got {batch_size} "
+                       f"and {workers}")
+    dicom_dir, out = Path(dicom_dir), Path(out)
+    errors = Path(errors) if errors is not None else default_errors_path(out)
+    key_map = Path(key_map) if key_map is not None else None
+    cam_dir = Path(cam_dir) if cam_dir is not None else None
+    _check_paths(dicom_dir, out, errors, key_map, cam_dir)
+
+    with WorkerPool(workers) as pool:
+        pool.start()  # workers boot while the model loads
+        with tempfile.TemporaryDirectory(prefix="cad-model-") as tmp:
+            package = resolve_model(model, tracking_uri, Path(tmp))
+            loaded = load_package(package)
+            model_digest = (package / SUMS).read_text()
+        runtime = select_runtime("auto")
+        net = runtime.prepare(loaded.model)
+        secret = load_secret()
+        pseudo = Pseudonymizer(secret)
+        log.info("model %s (%s), threshold %.4f; %s", loaded.meta.get("backbone", "?"),
+                 pseudo.key("model", model_digest), loaded.threshold, describe(runtime))
+
+        paths = walk(dicom_dir)
+        if not paths:
+            raise CadError("DICOM_DIR holds no files; pass the root folder of the DICOM export")
+        with progress_or_nothing(progress, "index", len(paths), "files") as advance:
+            index = index_folder_stream(paths, secret, pool, key_map is not None, advance)
+        del paths
+        fingerprint = {"model": pseudo.key("model", model_digest, 32), "folder": index.digest,
+                       "level": level, "key_map": key_map is not None, "cam": cam_dir is not None}
+        run = Run(net, loaded.threshold, loaded.input_spec, runtime, secret, level, batch_size,
+                  cam_dir, _on_commit)
+        summary = run.execute(index, pool, out, errors, key_map, fingerprint, resume, progress)
+    summary.seconds = time.perf_counter() - started
+    summary.predictions, summary.errors_csv = str(out), str(errors)
+    summary.key_map = str(key_map or "")
+    _log_summary(summary)
+    return summary
+
+
+def _log_summary(s: ScoreSummary) -> None:
+    log.info("scored %d slices of %d/%d studies in %.1f s (%.1f slices/s); %d files skipped "
+             "(other series of scored studies)", s.slices, s.studies_scored, s.studies,
+             s.seconds, s.slices_per_second, s.skipped)
+    if s.error_files:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(s.errors.items()))
+        log.warning("%d of %d files not scored (%s); see the errors file", s.error_files,
+                    s.files, detail)
+
+
