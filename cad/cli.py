@@ -44,7 +44,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except CadError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
@@ -82,11 +82,10 @@ def run(
 
     Finished stages are reused; a changed stage config redoes that stage and what follows.
     """
-    from cad.api import run_pipeline
     from cad.config import load_config
     from cad.errors import did_you_mean
 
-    cfg = load_config(pipeline, set_ or [])
+    cfg = load_config(pipeline, set_ or [])  # fail fast, before the heavy imports
     stages = ["phantom", "manifest", "ingest", "split", "augment", "extract", "probe",
               "finetune", "evaluate"]
     for stage in force or []:
@@ -94,6 +93,8 @@ def run(
             raise CadError(f"--force: unknown stage '{stage}';{did_you_mean(stage, stages)}")
     workdir = workdir or Path("runs") / cfg.name
     setup_logging(workdir / "logs" / "run.log")
+    from cad.api import run_pipeline
+
     result = run_pipeline(cfg, workdir, force=force or [], track=not no_track)
     summary = result.summary
     table = Table(title=f"cad run: {cfg.name}")

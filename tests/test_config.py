@@ -18,7 +18,7 @@ def test_main_pipeline_includes_fragments():
     cfg = load_config(ROOT / "pipelines/breast_mri.yaml")
     assert [b.name for b in cfg.backbones] == ["vgg16", "inception_v3", "resnet50"]
     assert all(b.weights == "imagenet" and b.fallback == "random" for b in cfg.backbones)
-    assert cfg.augment.mode == "offline" and cfg.augment.copies == 2
+    assert cfg.augment.mode == "offline" and cfg.augment.copies == 1
 
 
 def test_typo_names_path_and_nearest_key():
@@ -56,7 +56,7 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
     flat = flatten(cfg)
-    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "6"
+    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "4"
 
 
 def test_flattened_params_carry_no_input_paths():

@@ -8,26 +8,30 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from typing import Any
+
 import numpy as np
 import torch
-from monai.transforms import (
-    Compose,
-    Rand2DElastic,
-    RandAffine,
-    RandBiasField,
-    RandFlip,
-    RandGaussianNoise,
-    RandGibbsNoise,
-    RandShiftIntensity,
-)
 
 from cad.config import AugmentConfig
 
 Augment = Callable[[np.ndarray], np.ndarray]
 
 
-def make_augment(cfg: AugmentConfig, seed: int | None = None) -> Compose:
-    """A seeded random MONAI pipeline for (C, H, W) slices."""
+def make_augment(cfg: AugmentConfig, seed: int | None = None) -> Any:
+    """A seeded random MONAI ``Compose`` for (C, H, W) slices."""
+    # MONAI's package import costs ~9 s of CPU: only pay it when augmenting
+    from monai.transforms import (
+        Compose,
+        Rand2DElastic,
+        RandAffine,
+        RandBiasField,
+        RandFlip,
+        RandGaussianNoise,
+        RandGibbsNoise,
+        RandShiftIntensity,
+    )
+
     steps = []
     if cfg.flip > 0:
         steps.append(RandFlip(prob=cfg.flip, spatial_axis=1))  # left-right
@@ -58,7 +62,7 @@ def make_augment(cfg: AugmentConfig, seed: int | None = None) -> Compose:
     return compose
 
 
-def apply(transform: Compose, image: np.ndarray) -> np.ndarray:
+def apply(transform: Any, image: np.ndarray) -> np.ndarray:
     out = transform(image)
     if isinstance(out, torch.Tensor):
         out = out.detach().cpu().numpy()

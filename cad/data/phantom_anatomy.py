@@ -206,7 +206,7 @@ def _body(v: _Volume) -> None:
 def _heart(v: _Volume) -> None:
     """Heart and great vessels: strongly enhancing blood pools of varying extent."""
     rng, yc = v.rng, v.y_cw + v.ay
-    peak = rng.uniform(1.4, 3.0)
+    peak = rng.uniform(1.6, 3.2)
     # the slab meets the heart at a different height in every patient
     hz, hr = rng.uniform(-80, 80), rng.uniform(50, 90)
     scale = np.sqrt(np.clip(1 - ((v.z - hz) / hr) ** 2, 0.0, 1.0)) * rng.uniform(0.8, 1.15)
@@ -224,7 +224,7 @@ def _heart(v: _Volume) -> None:
         y = yc + rng.uniform(-0.3, 0.4) * v.ay + drift[1] * (zs - z0)
         paths.append(np.stack([zs, y, x], 1))
         radii.append(rng.uniform(5, 14))
-        gains.append(rng.uniform(0.7, 1.1))
+        gains.append(rng.uniform(0.8, 1.2))
     alpha, which = v.tubes(paths, radii)
     v.paint(alpha * v.inner, "blood", _scaled(np.float32(peak) * np.take(gains, which), _BLOOD))
 
@@ -278,7 +278,7 @@ def _vessels(v: _Volume) -> None:
         start = v.point(cand[rng.integers(len(cand))])
         paths.append(_curve(v, start, d / np.linalg.norm(d), rng.uniform(40, 140)))
         radii.append(rng.uniform(0.8, 2.2))
-        strength.append(rng.uniform(0.8, 2.6))
+        strength.append(rng.uniform(1.0, 3.2))
     zs = np.arange(-SLAB_MM, SLAB_MM, 0.4 * min(v.px, v.dz))
     for side in (-1, 1):
         paths.append(
@@ -306,7 +306,7 @@ def _lesion(v: _Volume) -> tuple[str, str]:
         r_, c_ = ok[rng.choice(len(ok), p=w / w.sum())]
     else:
         r_, c_ = np.unravel_index(np.argmax(room), room.shape)
-    centre = np.array([cz, v.y[0, r_, 0], v.x[0, 0, c_]], np.float32)
+    centre = v.point((k, r_, c_)).astype(np.float32)  # on a voxel: never lost in sampling
     axes = radius * rng.uniform(0.75, 1.25, 3)
     rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     rel = [v.z - centre[0], v.y - centre[1], v.x - centre[2]]
@@ -327,7 +327,7 @@ def _lesion(v: _Volume) -> tuple[str, str]:
             spikes.append(centre + t * d / np.linalg.norm(d))
         spike, _ = v.tubes(spikes, list(rng.uniform(0.6, 1.1, len(spikes))))
         mass = np.maximum(mass, 0.8 * spike * (rho < 3))
-    peak = rng.uniform(1.1, 2.2)
+    peak = rng.uniform(1.0, 2.0)
     if rng.random() < 0.35:  # rim enhancement
         profile = 0.35 + 0.65 * np.clip(rho / modulation, 0, 1) ** 2
     else:
@@ -354,7 +354,7 @@ def _acquire(v: _Volume) -> dict[str, np.ndarray]:
     coeff[5] = abs(coeff[5])
     terms = (xn, yn, zn, xn * yn, xn**2, -(yn**2))
     smooth = sum(c * t for c, t in zip(coeff, terms, strict=True))
-    bias = np.exp(smooth - rng.uniform(0.3, 0.6) * yn)  # brighter near the breast coil
+    bias = np.exp(smooth - rng.uniform(0.2, 0.5) * yn)  # brighter near the breast coil
     gain = rng.uniform(1.0, 2.4)
     sigma = rng.uniform(0.025, 0.05) * 300 * gain
     clean = {"t1": v.t1, "pre": v.pre}

@@ -1,10 +1,14 @@
 """``score_folder``: score every DICOM study below a folder with a model package.
 
-Flow: resolve and verify the model -> header pass over the folder (worker processes) ->
-studies sorted by pseudonymous (patient, study) key -> each study decoded and
+Flow: resolve and verify the model -> grouping pass over the folder (worker processes)
+-> studies sorted by pseudonymous (patient, study) key -> each study decoded and
 preprocessed in a worker exactly as training ingest does -> slices batched across studies
 -> rows written as each patient finishes. Memory holds a small per-file index, the
 studies in flight and one batch, whatever the folder size.
+
+Worker processes start from a fork server and import the caller's ``__main__`` module,
+like every multiprocessing program: a script calling ``score_folder`` must do so under
+``if __name__ == "__main__":`` (or pass ``workers=0``).
 """
 
 from __future__ import annotations
@@ -127,8 +131,7 @@ def score_folder(
         del paths
         fingerprint = {"model": pseudo.key("model", model_digest, 32), "folder": index.digest,
                        "level": level, "key_map": key_map is not None, "cam": cam_dir is not None}
-        run = Run(net, loaded.threshold, loaded.input_spec, runtime, secret, level, batch_size,
-                  cam_dir, _on_commit)
+        run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit)
         summary = run.execute(index, pool, out, errors, key_map, fingerprint, resume, progress)
     summary.seconds = time.perf_counter() - started
     summary.predictions, summary.errors_csv = str(out), str(errors)

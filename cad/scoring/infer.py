@@ -2,14 +2,15 @@
 
 Studies arrive in output order; their slices are cut into fixed-size batches regardless of
 study boundaries, and a study is released (in order) as soon as its last slice has a
-probability. Inference goes through ``cad.finetune.train.predict_proba``, the function
-``evaluate`` uses, so scores match the pipeline's for the same slices.
+probability. Inference is what ``evaluate`` does: ``LoadedModel.prepare_images`` (the
+package's denoiser, if any), then ``cad.finetune.train.predict_proba``, so scores match
+the pipeline's for the same slices.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +34,10 @@ class Batcher:
     """Accumulates slices of consecutive studies and predicts them ``batch_size`` at a time."""
 
     def __init__(self, model: TransferModel, runtime: Runtime, batch_size: int,
-                 threshold: float, cam: CamWriter | None = None) -> None:
+                 threshold: float, cam: CamWriter | None = None,
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.model = model
+        self.prepare = prepare  # LoadedModel.prepare_images: e.g. the package's denoiser
         self.runtime = runtime
         self.batch_size = batch_size
         self.threshold = threshold
@@ -70,6 +73,8 @@ class Batcher:
             owners.append((i, done, done + take))
             need -= take
         images = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if self.prepare is not None:
+            images = self.prepare(images)
         probs = predict_proba(self.model, images, self.runtime, self.batch_size)
         self.forward_slices += len(images)
         offset = 0

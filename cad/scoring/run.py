@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from cad.config import InputConfig
 from cad.device import Runtime
 from cad.errors import CadError
 from cad.finetune.model import TransferModel
+from cad.finetune.package import LoadedModel
 from cad.scoring.cam import CamWriter
 from cad.scoring.infer import Aggregate, Batcher, Scored, slice_rows
 from cad.scoring.stream import FolderIndex, StudyTask, WorkerPool, iter_studies
@@ -32,12 +32,13 @@ def _patients(studies: list[StudyTask]) -> list[str]:
 class Run:
     """Holds the model and options; ``execute`` does one pass and returns the summary."""
 
-    def __init__(self, model: TransferModel, threshold: float, spec: InputConfig,
-                 runtime: Runtime, secret: bytes, level: str, batch_size: int,
-                 cam_dir: Path | None, on_commit: Callable[[int], None] | None) -> None:
-        self.model = model
-        self.threshold = threshold
-        self.spec = spec
+    def __init__(self, loaded: LoadedModel, model: TransferModel, runtime: Runtime,
+                 secret: bytes, level: str, batch_size: int, cam_dir: Path | None,
+                 on_commit: Callable[[int], None] | None) -> None:
+        self.loaded = loaded
+        self.model = model  # loaded.model prepared for the runtime
+        self.threshold = loaded.threshold
+        self.spec = loaded.input_spec
         self.runtime = runtime
         self.secret = secret
         self.level = level
@@ -101,7 +102,8 @@ class Run:
         cam = None
         if self.cam_dir is not None:
             cam = CamWriter(self.model, self.cam_dir, self.runtime.device)
-        batcher = Batcher(self.model, self.runtime, self.batch_size, self.threshold, cam)
+        batcher = Batcher(self.model, self.runtime, self.batch_size, self.threshold, cam,
+                          self.loaded.prepare_images)
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()
         inflight = max(2 * pool.workers, 2)
