@@ -18,8 +18,8 @@ def choose_connection_node(
     """Apply ``rule`` (next | same | last | a node name) to the ordered candidate ``nodes``.
 
     ``next`` is the first later node whose output has lower dimensionality (C x H x W)
-    than the fine-tuning node's; if none is smaller, the last node; if the fine-tuning
-    node is the last one, the node itself.
+    than the fine-tuning node's; if no later node is smaller (e.g. VGG's pool5 -> fc6, where
+    fc6 alone would add 100M trainable weights), the head attaches at the fine-tuning node.
     """
     position = list(nodes).index(finetune)
     later = list(nodes)[position + 1 :]
@@ -30,7 +30,7 @@ def choose_connection_node(
     if rule == "next":
         own = dimensionality(shapes[finetune])
         smaller = [n for n in later if dimensionality(shapes[n]) < own]
-        return smaller[0] if smaller else later[-1]
+        return smaller[0] if smaller else finetune
     if rule not in nodes:
         raise ConfigError(
             f"finetune.connection: '{rule}' is not next, same, last or a candidate node;"

@@ -44,16 +44,19 @@ def test_rbf_kernel_and_parallel_jobs():
     assert choose_finetune_node(scores).node == "c"
 
 
-NODES = ["s", "l1", "l2", "l3", "l4"]
-SHAPES = {"s": (64, 32, 32), "l1": (256, 16, 16), "l2": (512, 8, 8), "l3": (1024, 4, 4), "l4": (2048, 2, 2)}
+NODES = ["s", "l1", "l2", "l3", "l4", "big", "fc"]
+SHAPES = {"big": (512, 2, 2), "fc": (4096,), "s": (64, 32, 32), "l1": (256, 16, 16), "l2": (512, 8, 8), "l3": (1024, 4, 4), "l4": (2048, 2, 2)}
 
 
 @pytest.mark.parametrize("rule,finetune,expected", [
     ("next", "l1", "l2"),       # first later node with lower dimensionality
     ("next", "s", "l2"),        # l1 is larger than s, so skip to l2
-    ("next", "l4", "l4"),       # nothing after the last node
+    ("next", "l4", "big"),
+    ("next", "fc", "fc"),       # nothing after the last node
+    ("next", "l3", "l4"),
+    ("next", "big", "big"),     # no later node is smaller: the head attaches at the node
     ("same", "l2", "l2"),
-    ("last", "l1", "l4"),
+    ("last", "l1", "fc"),
     ("l3", "l1", "l3"),
 ])
 def test_connection_rules(rule, finetune, expected):
