@@ -1,0 +1,242 @@
+"""How well does ``cad score`` hide DICOM I/O? Throughput and memory vs. the bare forward.
+
+For a small phantom export and one ``--scale`` times larger (same patients' shape, more
+patients), measures in one run:
+
+(a) the bare model forward (``predict_proba``, same runtime and batch size) on the same
+    preprocessed slices already in memory, in slices/s;
+(b) ``score_folder`` end to end (grouping pass, decode workers, preprocessing, inference,
+    CSV writing) in a child process, in slices/s, with its peak memory: the main
+    process's and the largest worker's peak RSS, and the peak summed RSS and PSS of the
+    whole process tree (polled from /proc every 50 ms).
+
+The ratio (b)/(a) says how much of the model's speed survives the I/O; flat peak memory
+between the two sizes says scoring streams. On a shared machine wall-clock rates depend on
+the load, so CPU seconds per slice (all threads and processes) are reported as well: their
+ratio is the share of scoring's CPU spent in the forward pass itself. Writes
+``benchmarks/results/score_throughput.json``.
+
+    .venv/bin/python benchmarks/score_throughput.py [--patients 4] [--scale 10] \\
+        [--slices 24] [--size 64] [--workers 2] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cad.config import InputConfig
+
+RESULTS = Path(__file__).resolve().parent / "results" / "score_throughput.json"
+NODES = ("layer2.1.relu_1", "layer3.1.relu_1")
+
+
+def make_package(directory: Path, size: int) -> Path:
+    """A resnet18 transfer model with random weights, packaged like ``finetune`` does."""
+    import torch
+
+    from cad.backbones import create_backbone, get_spec
+    from cad.config import InputConfig
+    from cad.finetune.model import build_transfer_model
+    from cad.finetune.package import save_package
+
+    torch.manual_seed(0)
+    spec = get_spec("resnet18")
+    model = build_transfer_model(create_backbone("resnet18", "random", 3).model, *NODES,
+                                 mean=spec.mean, std=spec.std, in_chans=3, size=size,
+                                 hidden=64, dropout=0.1)
+    meta = {"backbone": "resnet18", "round": 1, "weights_source": "random",
+            "nodes": {"finetune": NODES[0], "connection": NODES[1]},
+            "head": {"hidden": 64, "dropout": 0.1}, "classes": ["non-tumour", "tumour"],
+            "in_chans": 3, "input": json.loads(InputConfig(size=size).model_dump_json()),
+            "mean": list(spec.mean), "std": list(spec.std), "threshold": 0.5}
+    return save_package(model.eval(), meta, directory)
+
+
+def preprocessed(root: Path, spec: InputConfig) -> np.ndarray:
+    """Every slice of every study below ``root``, preprocessed as scoring does."""
+    from cad.data.dicom import index_folder
+    from cad.data.preprocess import study_slices
+    from cad.data.studies import group_studies, load_study
+
+    arrays = [study_slices(load_study(group, decode_pixels=False), spec)
+              for group in group_studies(index_folder(root, workers=2))]
+    return np.concatenate(arrays)
+
+
+def bare_forward(package: Path, images: np.ndarray, batch_size: int,
+                 repeats: int = 2) -> tuple[float, float]:
+    """Best-of-``repeats`` slices/s of ``predict_proba`` on in-memory slices, and the CPU
+    seconds (all threads) per slice of that repeat."""
+    from cad.device import select_runtime
+    from cad.finetune.package import load_package
+    from cad.finetune.train import predict_proba
+
+    runtime = select_runtime("auto")
+    model = runtime.prepare(load_package(package).model)
+    predict_proba(model, images[:batch_size], runtime, batch_size)  # warm-up
+    best, best_cpu = float("inf"), 0.0
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        predict_proba(model, images, runtime, batch_size)
+        if time.perf_counter() - start < best:
+            best, best_cpu = time.perf_counter() - start, time.process_time() - cpu
+    return len(images) / best, best_cpu / len(images)
+
+
+def _tree(pid: int) -> dict[int, tuple[int, int, float]]:
+    """Per process of ``pid``'s tree (it included): (RSS bytes, PSS bytes, CPU seconds).
+
+    RSS counts shared library pages once per process (torch alone maps ~0.6 GB in every
+    worker); PSS splits shared pages between the processes that map them.
+    """
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    out, stack = {}, [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        rss = pss = 0
+        try:
+            with open(f"/proc/{current}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Rss:"):
+                        rss = int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss = int(line.split()[1]) * 1024
+        except OSError:
+            continue
+        out[current] = (rss, pss, cpu.get(current, 0.0))
+    return out
+
+
+def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_size: int) -> dict:
+    """Run ``score_folder`` in a fresh process; its timing, CPU and memory figures.
+
+    The child's process tree (main process, fork server, decode workers) is polled from
+    /proc every 50 ms: peak summed RSS and PSS, the largest single process, and CPU time.
+    """
+    command = [sys.executable, __file__, "--child", str(package), str(root), str(out),
+               str(workers), str(batch_size)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "CAD_SECRET": "benchmark"})
+    peak_rss = peak_pss = 0
+    main_rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    while child.poll() is None:
+        tree = _tree(child.pid)
+        peak_rss = max(peak_rss, sum(v[0] for v in tree.values()))
+        peak_pss = max(peak_pss, sum(v[1] for v in tree.values()))
+        for pid, (rss, _, seconds) in tree.items():
+            main_rss[pid] = max(main_rss.get(pid, 0), rss)
+            cpu[pid] = max(cpu.get(pid, 0.0), seconds)
+        time.sleep(0.05)
+    stdout = child.stdout.read() if child.stdout else ""
+    if child.returncode not in (0, 1):
+        raise SystemExit(f"scoring child failed with exit code {child.returncode}")
+    workers_rss = [rss for pid, rss in main_rss.items() if pid != child.pid]
+    return {**json.loads(stdout.strip().splitlines()[-1]),
+            "tree_peak_rss_mb": peak_rss / 2**20, "tree_peak_pss_mb": peak_pss / 2**20,
+            "worker_peak_rss_mb": max(workers_rss, default=0) / 2**20,
+            "tree_cpu_s": sum(cpu.values())}
+
+
+def child_main(package: str, root: str, out: str, workers: str, batch_size: str) -> None:
+    from cad.scoring.api import score_folder
+
+    start = time.perf_counter()
+    summary = score_folder(package, root, out, workers=int(workers),
+                           batch_size=int(batch_size), progress=False)
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "slices": summary.slices, "files": summary.files, "seconds": seconds,
+        "slices_per_s": summary.slices / seconds,
+        # ru_maxrss is in KiB on Linux
+        "main_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+    sys.exit(summary.exit_code)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=4, help="patients in the small export")
+    parser.add_argument("--scale", type=int, default=10, help="the large export is this x larger")
+    parser.add_argument("--slices", type=int, default=24)
+    parser.add_argument("--size", type=int, default=64, help="matrix and network input size")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from cad.data.phantom import generate_phantom
+    from cad.device import describe, select_runtime
+
+    results: dict = {"config": vars(args) | {"out": str(args.out)},
+                     "runtime": describe(select_runtime("auto")),
+                     "cpus": os.cpu_count(), "machine": platform.machine(), "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="cad-bench-") as tmp:
+        package = make_package(Path(tmp) / "model", args.size)
+        spec = InputConfig(size=args.size)
+        for name, patients in (("small", args.patients), ("large", args.patients * args.scale)):
+            info = generate_phantom(Path(tmp) / name, patients=patients, slices=args.slices,
+                                    size=args.size, seed=3)
+            images = preprocessed(info.dicom_root, spec)
+            forward, forward_cpu = bare_forward(package, images, args.batch_size)
+            del images
+            scored = score_in_child(package, info.dicom_root, Path(tmp) / f"{name}.csv",
+                                    args.workers, args.batch_size)
+            score_cpu = scored["tree_cpu_s"] / scored["slices"]
+            entry = {"patients": patients, "files": scored["files"], "slices": scored["slices"],
+                     "forward_slices_per_s": forward,
+                     "score_slices_per_s": scored["slices_per_s"],
+                     "ratio": scored["slices_per_s"] / forward,
+                     "score_seconds": scored["seconds"],
+                     "forward_cpu_ms_per_slice": 1e3 * forward_cpu,
+                     "score_cpu_ms_per_slice": 1e3 * score_cpu,
+                     "cpu_ratio": forward_cpu / score_cpu,
+                     "main_peak_rss_mb": scored["main_peak_rss_mb"],
+                     "worker_peak_rss_mb": scored["worker_peak_rss_mb"],
+                     "tree_peak_rss_mb": scored["tree_peak_rss_mb"],
+                     "tree_peak_pss_mb": scored["tree_peak_pss_mb"],
+                     "load_average_1min": os.getloadavg()[0]}
+            results["sizes"][name] = entry
+            print(f"{name:5s}: {patients} patients, {entry['files']} files, {entry['slices']} "
+                  f"slices | forward {forward:6.1f} slices/s | cad score "
+                  f"{entry['score_slices_per_s']:6.1f} slices/s ({entry['score_seconds']:.1f} s)"
+                  f" | ratio {entry['ratio']:.3f} | CPU ms/slice forward "
+                  f"{entry['forward_cpu_ms_per_slice']:.1f}, score "
+                  f"{entry['score_cpu_ms_per_slice']:.1f} (ratio {entry['cpu_ratio']:.3f}) | "
+                  f"peak RSS main {entry['main_peak_rss_mb']:.0f} MB, largest worker "
+                  f"{entry['worker_peak_rss_mb']:.0f} MB, tree RSS "
+                  f"{entry['tree_peak_rss_mb']:.0f} MB / PSS {entry['tree_peak_pss_mb']:.0f} MB"
+                  f" | load {entry['load_average_1min']:.1f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        child_main(*sys.argv[2:])
+    else:
+        main()

@@ -1,0 +1,36 @@
+"""Models from MLflow URIs, and worker crashes that must not lose the other studies."""
+
+from __future__ import annotations
+
+import pytest
+from score_crash_task import crash_on_two
+
+from cad.errors import ModelPackageError
+from cad.scoring.api import score_folder
+from cad.scoring.stream import WorkerPool
+
+
+def test_runs_uri_resolves_to_the_same_scores(export, package, baseline, tmp_path):
+    from cad.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "scoring-test")
+    run_id = tracker.start_run("finetune")
+    tracker.log_artifacts(run_id, package, "model")
+    tracker.end_run(run_id)
+    assert tracker.ok, tracker.failures
+
+    out = tmp_path / "p.csv"
+    score_folder(f"runs:/{run_id}/model", export.root, out, tracking_uri=uri,
+                 **baseline.options)
+    assert out.read_bytes() == baseline.out.read_bytes()
+    with pytest.raises(ModelPackageError, match="cannot fetch"):
+        score_folder("runs:/0123456789abcdef/model", export.root, out, tracking_uri=uri,
+                     workers=0, progress=False)
+
+
+def test_a_dying_worker_costs_only_its_own_task():
+    with WorkerPool(1) as pool:
+        results = list(pool.imap(crash_on_two, [(1,), (2,), (3,), (4,)], inflight=3,
+                                 on_crash=lambda value: f"crashed {value}"))
+    assert results == ["ok 1", "crashed 2", "ok 3", "ok 4"]
