@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from cad.phi import Pseudonymizer, load_secret
 from cad.pipeline import data_stages as ds
 from cad.pipeline import model_stages as ms
 from cad.pipeline.runner import StageRunner
-from cad.pipeline.store import Artifact, ArtifactStore, sha256_file
+from cad.pipeline.store import Artifact, ArtifactStore, artifact_key, sha256_file
 
 log = logging.getLogger("cad")
 
@@ -119,13 +120,17 @@ def _model_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, source
     ft_key_inputs = {"probe": probe, "extract": extract, "augment": train.augment,
                      "ingest": train.images, "split": train.split, **prev, **denoiser}
 
+    ft_key = artifact_key("finetune", finetune_cfg, {k: a.key for k, a in ft_key_inputs.items()})
+    checkpoints = workdir / "checkpoints" / f"finetune-{ft_key}"  # same key as the artifact
+
     def run_finetune(out: Path) -> dict:
-        checkpoints = workdir / "checkpoints" / f"finetune-{name}-r{r}-{probe.key}"
-        return ms.finetune_stage(out, source, probe, extract, train.augment, train.images,
-                                 train.split, cfg, checkpoints, title, train.denoise)
+        result = ms.finetune_stage(out, source, probe, extract, train.augment, train.images,
+                                   train.split, cfg, checkpoints, title, train.denoise)
+        return result
 
     finetune = runner.run("finetune", finetune_cfg, ft_key_inputs, run_finetune,
                           label=f"finetune[{name} r{r}]")
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the published artifact supersedes them
     evaluate = runner.run(
         "evaluate", cfg.section("evaluate"),
         {"finetune": finetune, "ingest": test.ingest, "split": test.split},

@@ -327,6 +327,19 @@ def _contradiction(ordered: list[Series], key: str) -> tuple[list[Series] | None
     return ordered, ""
 
 
+def _gap(ordered: list[Series]) -> str:
+    """A dynamic series missing from the middle would shift every later phase name (the 2nd
+    pass would be called post1): refuse when TemporalPositionIdentifiers or the series
+    descriptions skip a number."""
+    tpis = [_timing(u, "temporal_ids") for u in ordered]
+    if None not in tpis and [t - tpis[0] for t in tpis] != list(range(len(tpis))):
+        return f"dynamic series missing: TemporalPositionIdentifiers {sorted(map(int, tpis))}"
+    ranks = [description_rank(u.description) for u in ordered]
+    if None not in ranks and ranks[0] == 0 and ranks != list(range(len(ranks))):
+        return f"dynamic series missing: descriptions number the phases {ranks}"
+    return ""
+
+
 def identify_phases(units: list[Series]) -> tuple[dict[str, Series], str]:
     """Name the DCE volumes "pre", "post1", ...; mark ambiguous-phase records on refusal."""
     groups: list[list[Series]] = []
@@ -344,6 +357,9 @@ def identify_phases(units: list[Series]) -> tuple[dict[str, Series], str]:
         _fail([r for g in dce for u in g for r in u.records], Outcome.AMBIGUOUS_PHASE, problem)
         return {}, problem
     ordered, problem = _order(dce[0])
+    if ordered is not None:
+        problem = _gap(ordered)
+        ordered = None if problem else ordered
     if ordered is None:
         _fail([r for u in dce[0] for r in u.records], Outcome.AMBIGUOUS_PHASE, problem)
         return {}, problem

@@ -87,7 +87,11 @@ class _Checkpoint:
         tensors = load_file(str(self.directory / "last.safetensors"))
         if meta.get("epoch") is None:
             return None
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except RuntimeError:
+            log.warning("checkpoint does not fit this model; starting fine-tuning afresh")
+            return None
         opt_state: dict = {}
         for key, value in tensors.items():
             if key.startswith("opt."):

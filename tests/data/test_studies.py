@@ -225,3 +225,17 @@ def test_single_mr_slice_study_has_no_phases(tmp_path: Path) -> None:
 )
 def test_description_rank(description: str, rank: int | None) -> None:
     assert description_rank(description) == rank
+
+
+@pytest.mark.parametrize("timing", ["temporal-id", "description"])
+def test_a_missing_middle_phase_is_refused_not_renamed(tmp_path: Path, timing: str) -> None:
+    """Without the 1st pass, the 2nd pass must not silently become post1."""
+    import shutil
+
+    folders = write_dce_study(tmp_path / "P1" / "S1", _volumes(4), timing=timing, seed=5)
+    shutil.rmtree(folders["post1"])
+    study, records = _load(tmp_path)
+    assert study.phases == {}
+    dynamic = [r for r in records if r.path.parent in (folders["pre"], folders["post2"])]
+    assert dynamic and all(r.outcome == Outcome.AMBIGUOUS_PHASE for r in dynamic)
+    assert all("missing" in r.reason for r in dynamic)

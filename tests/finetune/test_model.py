@@ -149,3 +149,14 @@ def test_googlenet_deep_supervision_trains_aux_heads_and_drops_them_at_inference
         outputs = model.forward_supervised(torch.from_numpy(x[:2]))
     assert logits.shape == (2, 2) and len(outputs) == 3
     assert torch.equal(logits, outputs[0])
+
+
+def test_a_checkpoint_of_another_architecture_is_ignored(tmp_path):
+    x, y = _data(16)
+    runtime = select_runtime("fp32", channels_last=False)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, precision="fp32", hidden=16)
+    aug = AugmentConfig(mode="none")
+    train(_model(conn="layer3"), x, y, np.arange(16), x[:4], y[:4], cfg, aug, runtime, tmp_path)
+    result = train(_model(conn="layer4"), x, y, np.arange(16), x[:4], y[:4], cfg, aug, runtime,
+                   tmp_path)
+    assert [h["epoch"] for h in result.history] == [1]
