@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from cad.errors import ConfigError, did_you_mean
-
-
-def dimensionality(shape: Sequence[int]) -> int:
-    return math.prod(shape)
 
 
 def choose_connection_node(
@@ -17,9 +12,9 @@ def choose_connection_node(
 ) -> str:
     """Apply ``rule`` (next | same | last | a node name) to the ordered candidate ``nodes``.
 
-    ``next`` is the first later node whose output has lower dimensionality (C x H x W)
-    than the fine-tuning node's; if no later node is smaller (e.g. VGG's pool5 -> fc6, where
-    fc6 alone would add 100M trainable weights), the head attaches at the fine-tuning node.
+    ``next`` is the next candidate node (the design's default: the block right after the
+    fine-tuning node is re-trained, the network beyond it discarded); ``same`` attaches the
+    head at the fine-tuning node itself; ``last`` keeps every later block.
     """
     position = list(nodes).index(finetune)
     later = list(nodes)[position + 1 :]
@@ -28,9 +23,7 @@ def choose_connection_node(
     if rule == "last":
         return later[-1]
     if rule == "next":
-        own = dimensionality(shapes[finetune])
-        smaller = [n for n in later if dimensionality(shapes[n]) < own]
-        return smaller[0] if smaller else finetune
+        return later[0]
     if rule not in nodes:
         raise ConfigError(
             f"finetune.connection: '{rule}' is not next, same, last or a candidate node;"

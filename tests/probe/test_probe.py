@@ -49,12 +49,10 @@ SHAPES = {"big": (512, 2, 2), "fc": (4096,), "s": (64, 32, 32), "l1": (256, 16, 
 
 
 @pytest.mark.parametrize("rule,finetune,expected", [
-    ("next", "l1", "l2"),       # first later node with lower dimensionality
-    ("next", "s", "l2"),        # l1 is larger than s, so skip to l2
-    ("next", "l4", "big"),
-    ("next", "fc", "fc"),       # nothing after the last node
-    ("next", "l3", "l4"),
-    ("next", "big", "big"),     # no later node is smaller: the head attaches at the node
+    ("next", "l1", "l2"),       # the next candidate node
+    ("next", "s", "l1"),
+    ("next", "big", "fc"),
+    ("next", "fc", "fc"),       # nothing after the last node: the head attaches there
     ("same", "l2", "l2"),
     ("last", "l1", "fc"),
     ("l3", "l1", "l3"),
