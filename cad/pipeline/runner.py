@@ -43,6 +43,7 @@ class StageRunner:
         self.store = store
         self.force = set(force)
         self.records: list[StageRecord] = []
+        self._redone: set[str] = set()  # keys recomputed by --force in this invocation
 
     def run(
         self,
@@ -54,7 +55,11 @@ class StageRunner:
     ) -> Artifact:
         label = label or stage
         key = artifact_key(stage, config, {name: art.key for name, art in inputs.items()})
-        if stage not in self.force:
+        # a forced stage is redone, and so is everything downstream of it
+        redo = stage in self.force or any(a.key in self._redone for a in inputs.values())
+        if redo:
+            self._redone.add(key)
+        else:
             found = self.store.lookup(stage, key)
             if found is not None:
                 log.info("%s: reusing finished artifact %s", label, key)

@@ -47,6 +47,24 @@ def test_rerun_reuses_and_config_change_reruns(tmp_path):
     assert len(calls) == 3
 
 
+def test_force_redoes_the_stage_and_everything_downstream(tmp_path):
+    calls = []
+
+    def stage(name):
+        def fn(out):
+            calls.append(name)
+            (out / "f").write_text(name)
+        return fn
+
+    store = ArtifactStore(tmp_path)
+    for force in ([], ["b"]):
+        runner = StageRunner(store, force=force)
+        a = runner.run("a", {}, {}, stage("a"))
+        b = runner.run("b", {}, {"a": a}, stage("b"))
+        runner.run("c", {}, {"b": b}, stage("c"))
+    assert calls == ["a", "b", "c", "b", "c"]
+
+
 def test_failed_stage_leaves_nothing(tmp_path):
     store = ArtifactStore(tmp_path)
 
