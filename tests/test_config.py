@@ -56,7 +56,7 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
     flat = flatten(cfg)
-    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "4"
+    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "3"
 
 
 def test_flattened_params_carry_no_input_paths():
