@@ -56,83 +56,142 @@ class RunResult:
     summary: dict = field(default_factory=dict)
 
 
-def _data_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, secret: bytes,
-                manifest: str | None, root: str | None) -> DataChain:
+def _data_chain(
+    runner: StageRunner,
+    cfg: PipelineConfig,
+    workdir: Path,
+    secret: bytes,
+    manifest: str | None,
+    root: str | None,
+) -> DataChain:
     fingerprint = Pseudonymizer(secret).key("secret", "fingerprint")
     if manifest is None:
-        phantom = runner.run("phantom", cfg.section("data")["phantom"], {},
-                             lambda out: ds.phantom_stage(out, cfg))
-        made = runner.run("manifest", {"margin": cfg.data.margin}, {"phantom": phantom},
-                          lambda out: ds.phantom_manifest_stage(out, phantom, cfg.data.margin))
+        phantom = runner.run(
+            "phantom", cfg.section("data")["phantom"], {}, lambda out: ds.phantom_stage(out, cfg)
+        )
+        made = runner.run(
+            "manifest",
+            {"margin": cfg.data.margin},
+            {"phantom": phantom},
+            lambda out: ds.phantom_manifest_stage(out, phantom, cfg.data.margin),
+        )
         manifest_path, root_path = made.file("manifest.csv"), phantom.path / "dicom"
         inputs = {"manifest": made}
         source = {"manifest": "phantom"}
     else:
         manifest_path = Path(manifest)
         if not manifest_path.is_file():
-            raise ConfigError(f"data.manifest: no manifest file at {manifest}; build one with "
-                              "`cad data manifest` (see data_manifests/README.md)")
+            raise ConfigError(
+                f"data.manifest: no manifest file at {manifest}; build one with "
+                "`cad data manifest` (see data_manifests/README.md)"
+            )
         if root is None:
-            raise ConfigError("data.root: a manifest's paths are relative to a data root; set "
-                              "data.root (or --set data.root=DIR)")
+            raise ConfigError(
+                "data.root: a manifest's paths are relative to a data root; set "
+                "data.root (or --set data.root=DIR)"
+            )
         root_path = Path(root)
         inputs = {}
         source = {"manifest_sha256": sha256_file(manifest_path), "root": str(root_path.resolve())}
     manifest_hash = sha256_file(manifest_path)[:16]
     ingest = runner.run(
-        "ingest", {"input": cfg.section("input"), "secret": fingerprint, **source}, inputs,
+        "ingest",
+        {"input": cfg.section("input"), "secret": fingerprint, **source},
+        inputs,
         lambda out: ds.ingest_stage(out, manifest_path, root_path, cfg, secret),
     )
-    split = runner.run("split", cfg.section("split"), {"ingest": ingest},
-                       lambda out: ds.split_stage(out, ingest, cfg))
+    split = runner.run(
+        "split",
+        cfg.section("split"),
+        {"ingest": ingest},
+        lambda out: ds.split_stage(out, ingest, cfg),
+    )
     images, denoise = ingest, None
     if cfg.denoise.enabled:
-        denoise = runner.run("denoise", cfg.section("denoise"), {"ingest": ingest, "split": split},
-                             lambda out: ds.denoise_stage(out, ingest, split, cfg))
+        denoise = runner.run(
+            "denoise",
+            cfg.section("denoise"),
+            {"ingest": ingest, "split": split},
+            lambda out: ds.denoise_stage(out, ingest, split, cfg),
+        )
         images = denoise
     augment = runner.run(
-        "augment", {"balance": cfg.section("balance"), "augment": cfg.section("augment")},
-        {"ingest": images, "split": split}, lambda out: ds.augment_stage(out, images, split, cfg),
+        "augment",
+        {"balance": cfg.section("balance"), "augment": cfg.section("augment")},
+        {"ingest": images, "split": split},
+        lambda out: ds.augment_stage(out, images, split, cfg),
     )
     return DataChain(ingest, split, augment, manifest_hash, images, denoise)
 
 
-def _model_chain(runner: StageRunner, cfg: PipelineConfig, workdir: Path, source: ms.Source,
-                 train: DataChain, test: DataChain) -> ChainResult:
+def _model_chain(
+    runner: StageRunner,
+    cfg: PipelineConfig,
+    workdir: Path,
+    source: ms.Source,
+    train: DataChain,
+    test: DataChain,
+) -> ChainResult:
     name, r = source.backbone.name, source.round
     title = f"{name} round {r}"
     prev = {"previous": source.previous} if source.previous is not None else {}
     backbone_cfg = source.backbone.model_dump(mode="json")
     extract = runner.run(
-        "extract", {"backbone": backbone_cfg, "extract": cfg.section("extract"), "round": r},
+        "extract",
+        {"backbone": backbone_cfg, "extract": cfg.section("extract"), "round": r},
         {"augment": train.augment, **prev},
-        lambda out: ms.extract_stage(out, source, train.augment, cfg), label=f"extract[{name} r{r}]",
+        lambda out: ms.extract_stage(out, source, train.augment, cfg),
+        label=f"extract[{name} r{r}]",
     )
     probe = runner.run(
-        "probe", {"probe": cfg.section("probe"), "balance": cfg.section("balance"),
-                  "connection": cfg.finetune.connection},
+        "probe",
+        {
+            "probe": cfg.section("probe"),
+            "balance": cfg.section("balance"),
+            "connection": cfg.finetune.connection,
+        },
         {"extract": extract, "augment": train.augment, "split": train.split},
         lambda out: ms.probe_stage(out, extract, train.augment, train.split, cfg, title),
         label=f"probe[{name} r{r}]",
     )
     finetune_cfg = {"finetune": cfg.section("finetune"), "backbone": backbone_cfg, "round": r}
     denoiser = {"denoise": train.denoise} if train.denoise is not None else {}
-    ft_key_inputs = {"probe": probe, "extract": extract, "augment": train.augment,
-                     "ingest": train.images, "split": train.split, **prev, **denoiser}
+    ft_key_inputs = {
+        "probe": probe,
+        "extract": extract,
+        "augment": train.augment,
+        "ingest": train.images,
+        "split": train.split,
+        **prev,
+        **denoiser,
+    }
 
     ft_key = artifact_key("finetune", finetune_cfg, {k: a.key for k, a in ft_key_inputs.items()})
     checkpoints = workdir / "checkpoints" / f"finetune-{ft_key}"  # same key as the artifact
 
     def run_finetune(out: Path) -> dict:
-        result = ms.finetune_stage(out, source, probe, extract, train.augment, train.images,
-                                   train.split, cfg, checkpoints, title, train.denoise)
+        result = ms.finetune_stage(
+            out,
+            source,
+            probe,
+            extract,
+            train.augment,
+            train.images,
+            train.split,
+            cfg,
+            checkpoints,
+            title,
+            train.denoise,
+        )
         return result
 
-    finetune = runner.run("finetune", finetune_cfg, ft_key_inputs, run_finetune,
-                          label=f"finetune[{name} r{r}]")
+    finetune = runner.run(
+        "finetune", finetune_cfg, ft_key_inputs, run_finetune, label=f"finetune[{name} r{r}]"
+    )
     shutil.rmtree(checkpoints, ignore_errors=True)  # the published artifact supersedes them
     evaluate = runner.run(
-        "evaluate", cfg.section("evaluate"),
+        "evaluate",
+        cfg.section("evaluate"),
         {"finetune": finetune, "ingest": test.ingest, "split": test.split},
         lambda out: ms.evaluate_stage(out, finetune, test.ingest, test.split, cfg, title),
         label=f"evaluate[{name} r{r}]",
@@ -154,8 +213,12 @@ def preflight(cfg: PipelineConfig) -> None:
             warn_loudly(f"{backbone.name}: {problem} -- using RANDOM weights (fallback)")
 
 
-def run_pipeline(cfg: PipelineConfig, workdir: str | Path = "runs/breast_mri",
-                 force: list[str] | tuple[str, ...] = (), track: bool = True) -> RunResult:
+def run_pipeline(
+    cfg: PipelineConfig,
+    workdir: str | Path = "runs/breast_mri",
+    force: list[str] | tuple[str, ...] = (),
+    track: bool = True,
+) -> RunResult:
     """Run (or resume) the whole pipeline in ``workdir``; returns artifacts and the summary."""
     from cad.evaluate.report import finish_run
 
@@ -169,15 +232,24 @@ def run_pipeline(cfg: PipelineConfig, workdir: str | Path = "runs/breast_mri",
     target = _data_chain(runner, cfg, workdir, secret, cfg.data.manifest, cfg.data.root)
     first = target
     if cfg.transfer.rounds == 2 and cfg.transfer.round1_manifest:
-        first = _data_chain(runner, cfg, workdir, secret, cfg.transfer.round1_manifest,
-                            cfg.transfer.round1_root or cfg.data.root)
+        first = _data_chain(
+            runner,
+            cfg,
+            workdir,
+            secret,
+            cfg.transfer.round1_manifest,
+            cfg.transfer.round1_root or cfg.data.root,
+        )
     chains: list[ChainResult] = []
     for backbone in cfg.backbones:
         r1 = _model_chain(runner, cfg, workdir, ms.Source(backbone, 1), first, target)
         chains.append(r1)
         if cfg.transfer.rounds == 2:
-            chains.append(_model_chain(runner, cfg, workdir, ms.Source(backbone, 2, r1.finetune),
-                                       target, target))
+            chains.append(
+                _model_chain(
+                    runner, cfg, workdir, ms.Source(backbone, 2, r1.finetune), target, target
+                )
+            )
     result = RunResult(workdir, cfg, target, chains, runner)
     result.summary = finish_run(result, started, track=track)
     return result

@@ -28,10 +28,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="DICOM tools: check a folder, generate the phantom, build manifests.",
-                       no_args_is_help=True)
-backbones_app = typer.Typer(help="The backbone registry: list networks, inspect candidate nodes.",
-                            no_args_is_help=True)
+data_app = typer.Typer(
+    help="DICOM tools: check a folder, generate the phantom, build manifests.", no_args_is_help=True
+)
+backbones_app = typer.Typer(
+    help="The backbone registry: list networks, inspect candidate nodes.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(backbones_app, name="backbones")
 
@@ -58,8 +60,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     setup_logging(verbose=verbose)
@@ -68,14 +74,30 @@ def main(
 @app.command()
 @handle_errors
 def run(
-    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. pipelines/breast_mri.yaml.")],
-    workdir: Annotated[Path | None, typer.Option(help="Working directory for artifacts, report, "
-                                                 "MLflow db. Default: runs/<pipeline name>.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. "
-                                                  "--set finetune.epochs=2 (repeatable).")] = None,
-    force: Annotated[list[str] | None, typer.Option(help="Redo this stage even if finished: "
-                     "phantom, manifest, ingest, split, augment, extract, probe, finetune, "
-                     "evaluate (repeatable).")] = None,
+    pipeline: Annotated[
+        Path, typer.Argument(help="Pipeline YAML, e.g. pipelines/breast_mri.yaml.")
+    ],
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Working directory for artifacts, report, "
+            "MLflow db. Default: runs/<pipeline name>."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config value, e.g. --set finetune.epochs=2 (repeatable)."
+        ),
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Redo this stage even if finished: "
+            "phantom, manifest, ingest, split, augment, extract, probe, finetune, "
+            "evaluate (repeatable)."
+        ),
+    ] = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="Skip MLflow logging.")] = False,
 ) -> None:
     """Run the pipeline: data -> per-layer probe -> fine-tune -> evaluate -> report + MLflow.
@@ -86,8 +108,17 @@ def run(
     from cad.errors import did_you_mean
 
     cfg = load_config(pipeline, set_ or [])  # fail fast, before the heavy imports
-    stages = ["phantom", "manifest", "ingest", "split", "augment", "extract", "probe",
-              "finetune", "evaluate"]
+    stages = [
+        "phantom",
+        "manifest",
+        "ingest",
+        "split",
+        "augment",
+        "extract",
+        "probe",
+        "finetune",
+        "evaluate",
+    ]
     for stage in force or []:
         if stage not in stages:
             raise CadError(f"--force: unknown stage '{stage}';{did_you_mean(stage, stages)}")
@@ -98,17 +129,33 @@ def run(
     result = run_pipeline(cfg, workdir, force=force or [], track=not no_track)
     summary = result.summary
     table = Table(title=f"cad run: {cfg.name}")
-    for column in ("backbone", "round", "fine-tuning node", "connection node", "val F1", "test F1", "test AUC"):
+    for column in (
+        "backbone",
+        "round",
+        "fine-tuning node",
+        "connection node",
+        "val F1",
+        "test F1",
+        "test AUC",
+    ):
         table.add_column(column)
     for r in summary["results"]:
-        table.add_row(r["backbone"], str(r["round"]), r["nodes"]["finetune"], r["nodes"]["connection"],
-                      f"{r['val_f1']:.3f}", f"{r['test']['f1']['value']:.3f}",
-                      f"{r['test']['roc_auc']['value']:.3f}")
+        table.add_row(
+            r["backbone"],
+            str(r["round"]),
+            r["nodes"]["finetune"],
+            r["nodes"]["connection"],
+            f"{r['val_f1']:.3f}",
+            f"{r['test']['f1']['value']:.3f}",
+            f"{r['test']['roc_auc']['value']:.3f}",
+        )
     console.print(table)
     tracking = summary.get("tracking") or {}
     if tracking and not tracking.get("ok", True):
-        console.print(f"[bold yellow]MLflow logging failed[/] ({tracking['uri']}); all artifacts "
-                      "are on disk. See report.md.")
+        console.print(
+            f"[bold yellow]MLflow logging failed[/] ({tracking['uri']}); all artifacts "
+            "are on disk. See report.md."
+        )
     console.print(f"report: {workdir / 'report.md'}\nsummary: {workdir / 'summary.json'}")
     if tracking.get("ok"):
         console.print(f"MLflow UI: mlflow ui --backend-store-uri {tracking['uri']}")
@@ -118,8 +165,10 @@ def run(
 @handle_errors
 def data_check(
     dicom_dir: Annotated[Path, typer.Argument(help="Folder tree of DICOM files.")],
-    report: Annotated[Path | None, typer.Option(help="Write a per-file CSV report (pseudonymous "
-                                                "file keys, outcome, reason).")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a per-file CSV report (pseudonymous file keys, outcome, reason)."),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Header-reading worker processes.")] = 2,
 ) -> None:
     """Give every file one typed outcome; exit 0 when all are usable, 1 when some are not."""
@@ -164,12 +213,20 @@ def data_phantom(
     from cad.log import progress
 
     with progress("phantom", patients, "patients") as advance:
-        info = generate_phantom(out, patients=patients, slices=slices, size=size, seed=seed,
-                                lesion_fraction=lesion_fraction,
-                                progress=lambda done, total: advance(1))
-    console.print(f"{info.files} DICOM files for {info.patients} patients "
-                  f"({info.lesion_patients} with a lesion) in {info.dicom_root}; "
-                  f"labels: {info.boxes_csv}")
+        info = generate_phantom(
+            out,
+            patients=patients,
+            slices=slices,
+            size=size,
+            seed=seed,
+            lesion_fraction=lesion_fraction,
+            progress=lambda done, total: advance(1),
+        )
+    console.print(
+        f"{info.files} DICOM files for {info.patients} patients "
+        f"({info.lesion_patients} with a lesion) in {info.dicom_root}; "
+        f"labels: {info.boxes_csv}"
+    )
 
 
 @data_app.command("manifest")
@@ -177,31 +234,48 @@ def data_phantom(
 def data_manifest(
     dicom_root: Annotated[Path, typer.Option(help="Data root (patient/study/series folders).")],
     out: Annotated[Path, typer.Option(help="Manifest CSV to write, e.g. data_manifests/duke.csv.")],
-    boxes: Annotated[Path | None, typer.Option(help="Duke Annotation_Boxes.csv (slice labels).")] = None,
-    series_labels: Annotated[Path | None, typer.Option(help="Per-series label CSV instead "
-                                                       "(patient_id,path,label).")] = None,
-    margin: Annotated[int, typer.Option(help="Negatives at least this many slices from a box.")] = 5,
-    unboxed: Annotated[str, typer.Option(help="Patients without a box: skip or negative.")] = "skip",
-    numbering: Annotated[str, typer.Option(help="How box slice numbers count: 'position' (along "
-                                           "the sorted volume) or 'instance' (InstanceNumber "
-                                           "order). Check one patient by eye first.")] = "position",
+    boxes: Annotated[
+        Path | None, typer.Option(help="Duke Annotation_Boxes.csv (slice labels).")
+    ] = None,
+    series_labels: Annotated[
+        Path | None, typer.Option(help="Per-series label CSV instead (patient_id,path,label).")
+    ] = None,
+    margin: Annotated[
+        int, typer.Option(help="Negatives at least this many slices from a box.")
+    ] = 5,
+    unboxed: Annotated[
+        str, typer.Option(help="Patients without a box: skip or negative.")
+    ] = "skip",
+    numbering: Annotated[
+        str,
+        typer.Option(
+            help="How box slice numbers count: 'position' (along "
+            "the sorted volume) or 'instance' (InstanceNumber "
+            "order). Check one patient by eye first."
+        ),
+    ] = "position",
     workers: Annotated[int, typer.Option(help="Header-reading worker processes.")] = 1,
 ) -> None:
     """Build a slice-level manifest from bounding boxes (or per-series labels)."""
     from cad.data.manifest import build_from_boxes, build_from_series_labels, write_manifest
 
     if (boxes is None) == (series_labels is None):
-        raise CadError("give exactly one label source: --boxes Annotation_Boxes.csv or "
-                       "--series-labels labels.csv")
+        raise CadError(
+            "give exactly one label source: --boxes Annotation_Boxes.csv or "
+            "--series-labels labels.csv"
+        )
     if boxes is not None:
-        rows = build_from_boxes(dicom_root, boxes, margin=margin, unboxed=unboxed,
-                                numbering=numbering, workers=workers)
+        rows = build_from_boxes(
+            dicom_root, boxes, margin=margin, unboxed=unboxed, numbering=numbering, workers=workers
+        )
     else:
         rows = build_from_series_labels(dicom_root, series_labels)
     write_manifest(rows, out)
     positives = sum(r.label for r in rows)
-    console.print(f"{len(rows)} rows ({positives} positive) from "
-                  f"{len({r.patient_id for r in rows})} patients -> {out}")
+    console.print(
+        f"{len(rows)} rows ({positives} positive) from "
+        f"{len({r.patient_id for r in rows})} patients -> {out}"
+    )
 
 
 @backbones_app.command("list")
@@ -217,12 +291,28 @@ def backbones_list(
         print(json.dumps(rows, indent=1))
         return
     table = Table(title="cad backbones")
-    for column in ("name", "source", "params (M)", "GFLOPs", "input", "pretrained", "cached", "nodes"):
+    for column in (
+        "name",
+        "source",
+        "params (M)",
+        "GFLOPs",
+        "input",
+        "pretrained",
+        "cached",
+        "nodes",
+    ):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], r["source"], f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.2f}",
-                      str(r["input_size"]), "yes" if r["pretrained"] else "no",
-                      "yes" if r.get("cached") else "no", str(r["nodes"]))
+        table.add_row(
+            r["name"],
+            r["source"],
+            f"{r['params'] / 1e6:.1f}",
+            f"{r['gflops']:.2f}",
+            str(r["input_size"]),
+            "yes" if r["pretrained"] else "no",
+            "yes" if r.get("cached") else "no",
+            str(r["nodes"]),
+        )
     console.print(table)
 
 

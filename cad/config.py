@@ -65,8 +65,8 @@ class InputConfig(Section):
 
     @property
     def in_chans(self) -> int:
-        return 1 if self.channels == "single" else 3 if self.channels == "repeat" else len(
-            self.phases
+        return (
+            1 if self.channels == "single" else 3 if self.channels == "repeat" else len(self.phases)
         )
 
 
@@ -127,8 +127,9 @@ class ProbeConfig(Section):
     kernel: Literal["linear", "rbf"] = "linear"
     C: float = Field(1.0, gt=0)
     solver: Literal["auto", "libsvm", "liblinear"] = Field(
-        "auto", description="linear kernel: libsvm (kernel form, fast when samples < features "
-        "or few samples), liblinear (many samples); auto picks by shape"
+        "auto",
+        description="linear kernel: libsvm (kernel form, fast when samples < features "
+        "or few samples), liblinear (many samples); auto picks by shape",
     )
     max_iter: int = Field(5000, ge=100, description="liblinear iterations")
     n_jobs: int = Field(-1, description="joblib workers over nodes (-1: all cores)")
@@ -192,9 +193,11 @@ class PipelineConfig(Section):
 
     def section(self, name: str) -> dict[str, Any]:
         """The canonical JSON-able form of one section (what stage keys hash)."""
-        return json.loads(getattr(self, name).model_dump_json()) if name != "backbones" else [
-            json.loads(b.model_dump_json()) for b in self.backbones
-        ]
+        return (
+            json.loads(getattr(self, name).model_dump_json())
+            if name != "backbones"
+            else [json.loads(b.model_dump_json()) for b in self.backbones]
+        )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -281,7 +284,9 @@ def _fields_at(loc: tuple, model: type[BaseModel]) -> list[str]:
             break
         annotation = fields[part].annotation
         args = getattr(annotation, "__args__", ()) or ()
-        nested = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested = [
+            a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not nested:
             break
         current = nested[0]

@@ -9,8 +9,18 @@ from cad.cli import app
 
 runner = CliRunner()
 
-COMMANDS = [[], ["run"], ["score"], ["data"], ["data", "check"], ["data", "phantom"],
-            ["data", "manifest"], ["backbones"], ["backbones", "list"], ["backbones", "inspect"]]
+COMMANDS = [
+    [],
+    ["run"],
+    ["score"],
+    ["data"],
+    ["data", "check"],
+    ["data", "phantom"],
+    ["data", "manifest"],
+    ["backbones"],
+    ["backbones", "list"],
+    ["backbones", "inspect"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cad")
@@ -21,22 +31,41 @@ def test_every_command_explains_itself(command):
 
 
 def test_config_typo_exits_2_with_the_fix(tmp_path):
-    result = runner.invoke(app, ["run", "pipelines/smoke.yaml", "--workdir", str(tmp_path),
-                                 "--set", "data.phantom.patinets=3"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "pipelines/smoke.yaml",
+            "--workdir",
+            str(tmp_path),
+            "--set",
+            "data.phantom.patinets=3",
+        ],
+    )
     assert result.exit_code == 2
     assert "did you mean 'patients'" in result.output
 
 
 def test_unknown_force_stage(tmp_path):
-    result = runner.invoke(app, ["run", "pipelines/smoke.yaml", "--workdir", str(tmp_path),
-                                 "--force", "probes"])
+    result = runner.invoke(
+        app, ["run", "pipelines/smoke.yaml", "--workdir", str(tmp_path), "--force", "probes"]
+    )
     assert result.exit_code == 2 and "did you mean 'probe'" in result.output
 
 
 def test_missing_weights_fail_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    result = runner.invoke(app, ["run", "pipelines/smoke.yaml", "--workdir", str(tmp_path / "w"),
-                                 "--set", "backbones.0.weights=imagenet"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "pipelines/smoke.yaml",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--set",
+            "backbones.0.weights=imagenet",
+        ],
+    )
     assert result.exit_code == 2
     assert "resnet18-f37072fd.pth" in result.output and "checkpoints" in result.output
     assert not (tmp_path / "w" / "artifacts").exists()
@@ -44,13 +73,42 @@ def test_missing_weights_fail_before_any_work(tmp_path, monkeypatch):
 
 def test_phantom_manifest_and_check(tmp_path):
     out = tmp_path / "ph"
-    result = runner.invoke(app, ["data", "phantom", "--out", str(out), "--patients", "4",
-                                 "--slices", "10", "--size", "48", "--seed", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "phantom",
+            "--out",
+            str(out),
+            "--patients",
+            "4",
+            "--slices",
+            "10",
+            "--size",
+            "48",
+            "--seed",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = tmp_path / "m.csv"
-    result = runner.invoke(app, ["data", "manifest", "--dicom-root", str(out / "dicom"), "--boxes",
-                                 str(out / "Annotation_Boxes.csv"), "--out", str(manifest),
-                                 "--margin", "2", "--unboxed", "negative"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "manifest",
+            "--dicom-root",
+            str(out / "dicom"),
+            "--boxes",
+            str(out / "Annotation_Boxes.csv"),
+            "--out",
+            str(manifest),
+            "--margin",
+            "2",
+            "--unboxed",
+            "negative",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(manifest.open()))
     assert rows and {r["label"] for r in rows} == {"0", "1"}
@@ -84,8 +142,10 @@ def test_backbones_list_json(monkeypatch):
     """The same command over a few registry entries (the whole registry is the slow variant)."""
     import cad.backbones as backbones
 
-    few = [backbones.get_spec(n) for n in ("vgg16", "inception_v3", "resnet50", "lenet5",
-                                           "hybridsn", "googlenet")]
+    few = [
+        backbones.get_spec(n)
+        for n in ("vgg16", "inception_v3", "resnet50", "lenet5", "hybridsn", "googlenet")
+    ]
     monkeypatch.setattr(backbones, "list_specs", lambda: few)
     _check_list()
 

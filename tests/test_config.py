@@ -34,7 +34,9 @@ def test_bad_value_names_path_and_value():
 
 
 def test_override_is_revalidated_and_typed():
-    cfg = load_config(ROOT / "pipelines/smoke.yaml", ["finetune.epochs=3", "backbones.0.name=vgg11"])
+    cfg = load_config(
+        ROOT / "pipelines/smoke.yaml", ["finetune.epochs=3", "backbones.0.name=vgg11"]
+    )
     assert cfg.finetune.epochs == 3 and cfg.backbones[0].name == "vgg11"
     with pytest.raises(ConfigError):
         load_config(ROOT / "pipelines/smoke.yaml", ["finetune.epochs=zero"])
@@ -60,8 +62,10 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_flattened_params_carry_no_input_paths():
-    cfg = load_config(ROOT / "pipelines/smoke.yaml",
-                      ["data.manifest=/data/Breast_MRI_001/m.csv", "data.root=/data/Breast_MRI_001"])
+    cfg = load_config(
+        ROOT / "pipelines/smoke.yaml",
+        ["data.manifest=/data/Breast_MRI_001/m.csv", "data.root=/data/Breast_MRI_001"],
+    )
     flat = flatten(cfg)
     assert not any("Breast_MRI_001" in v for v in flat.values())
     assert flat["data.root"].startswith("path-sha256:")

@@ -40,16 +40,35 @@ def test_summary_and_report_are_written(smoke):
     cfg, workdir, result = smoke
     summary = json.loads((workdir / "summary.json").read_text())
     assert (workdir / "report.md").read_text().startswith("# cad report: smoke")
-    assert [(r["backbone"], r["round"]) for r in summary["results"]] == [("resnet18", 1), ("resnet18", 2)]
+    assert [(r["backbone"], r["round"]) for r in summary["results"]] == [
+        ("resnet18", 1),
+        ("resnet18", 2),
+    ]
     sizes = summary["data"]["splits"]
     assert set(sizes) == {"train", "val", "test"}
     assert sum(s["patients"] for s in sizes.values()) == cfg.data.phantom.patients
     for r in summary["results"]:
-        assert set(r["test"]) >= {"f1", "roc_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"}
+        assert set(r["test"]) >= {
+            "f1",
+            "roc_auc",
+            "accuracy",
+            "sensitivity",
+            "specificity",
+            "ppv",
+            "npv",
+        }
         assert r["test"]["f1"]["low"] <= r["test"]["f1"]["value"] <= r["test"]["f1"]["high"]
         assert (workdir / r["model_dir"] / "model.safetensors").is_file()
-    assert {s["stage"] for s in summary["stages"]} >= {"phantom", "ingest", "split", "augment", "extract",
-                                                       "probe", "finetune", "evaluate"}
+    assert {s["stage"] for s in summary["stages"]} >= {
+        "phantom",
+        "ingest",
+        "split",
+        "augment",
+        "extract",
+        "probe",
+        "finetune",
+        "evaluate",
+    }
     assert summary["best"]["backbone"] == "resnet18"
 
 
@@ -59,7 +78,9 @@ def test_node_choice_follows_probe_scores(smoke):
         with open(chain.probe.file("layer_scores.csv")) as handle:
             rows = list(csv.DictReader(handle))
         best = max(float(r["f1_mean"]) for r in rows)
-        shallowest_best = min((int(r["depth"]), r["node"]) for r in rows if float(r["f1_mean"]) == best)[1]
+        shallowest_best = min(
+            (int(r["depth"]), r["node"]) for r in rows if float(r["f1_mean"]) == best
+        )[1]
         meta = json.loads(chain.finetune.file("model/model.json").read_text())
         assert meta["nodes"]["finetune"] == shallowest_best
         nodes = [r["node"] for r in rows]
@@ -98,11 +119,15 @@ def test_no_test_patient_reaches_probe_or_finetune(smoke):
     _, _, result = smoke
     splits = result.data.split.read_json("splits.json")
     test = set(splits["test"]) | set(splits["val"])
-    train_patients = {s.patient for s in read_samples(result.data.augment.file("train_samples.csv"))}
+    train_patients = {
+        s.patient for s in read_samples(result.data.augment.file("train_samples.csv"))
+    }
     assert train_patients and not train_patients & test
     assert set(splits["folds"]) == set(splits["train"])
     for chain in result.chains:
-        n_features = np.load(next((chain.extract.path / "features").iterdir()), mmap_mode="r").shape[0]
+        n_features = np.load(
+            next((chain.extract.path / "features").iterdir()), mmap_mode="r"
+        ).shape[0]
         assert n_features == len(read_samples(result.data.augment.file("train_samples.csv")))
 
 
@@ -122,16 +147,30 @@ def test_summary_matches_mlflow(smoke):
         steps = client.get_metric_history(run.info.run_id, "probe_f1")
         assert sorted(m.step for m in steps) == sorted(s["depth"] for s in r["layer_scores"])
     alias = client.get_model_version_by_alias("cad-smoke", "champion")
-    assert alias.run_id == next(r["mlflow_run_id"] for r in summary["results"]
-                                if (r["backbone"], r["round"]) == (summary["best"]["backbone"], summary["best"]["round"]))
+    assert alias.run_id == next(
+        r["mlflow_run_id"]
+        for r in summary["results"]
+        if (r["backbone"], r["round"]) == (summary["best"]["backbone"], summary["best"]["round"])
+    )
 
 
 def test_no_phi_in_any_output(smoke):
     _, workdir, result = smoke
-    dicom_root = next(p for p in (workdir / "artifacts").iterdir() if p.name.startswith("phantom-")) / "dicom"
+    dicom_root = (
+        next(p for p in (workdir / "artifacts").iterdir() if p.name.startswith("phantom-"))
+        / "dicom"
+    )
     ds = pydicom.dcmread(next(dicom_root.rglob("*.dcm")), stop_before_pixels=True)
-    forbidden = {str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber,
-                 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, str(dicom_root)}
+    forbidden = {
+        str(ds.PatientName),
+        ds.PatientID,
+        ds.PatientBirthDate,
+        ds.AccessionNumber,
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        str(dicom_root),
+    }
     forbidden = {f for f in forbidden if f}
     checked = 0
     for path in workdir.rglob("*"):
@@ -152,7 +191,9 @@ def test_rerun_reuses_everything_and_changes_redo_only_downstream(smoke, tmp_pat
     cfg, workdir, _ = smoke
     again = run_pipeline(cfg, workdir, track=False)
     assert all(r.reused for r in again.runner.records)
-    changed = load_config(ROOT / "pipelines/smoke.yaml", ["transfer.rounds=2", "evaluate.bootstrap=60"])
+    changed = load_config(
+        ROOT / "pipelines/smoke.yaml", ["transfer.rounds=2", "evaluate.bootstrap=60"]
+    )
     third = run_pipeline(changed, workdir, track=False)
     ran = {r.stage for r in third.runner.records if not r.reused}
     assert ran == {"evaluate"}
@@ -162,8 +203,10 @@ def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
     """DnCNN as a preprocessing stage: measured on validation slices, shipped in the package."""
     from cad.finetune.package import load_package
 
-    cfg = load_config(ROOT / "pipelines/smoke.yaml",
-                      ["denoise.enabled=true", "denoise.epochs=1", "denoise.depth=4"])
+    cfg = load_config(
+        ROOT / "pipelines/smoke.yaml",
+        ["denoise.enabled=true", "denoise.epochs=1", "denoise.depth=4"],
+    )
     result = run_pipeline(cfg, smoke[1], track=False)
     ran = {r.stage for r in result.runner.records if not r.reused}
     assert ran == {"denoise", "augment", "extract", "probe", "finetune", "evaluate"}
@@ -172,5 +215,8 @@ def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
     loaded = load_package(result.chains[0].finetune.path / "model")
     assert loaded.denoiser is not None
     raw = np.load(result.data.ingest.file("images.npy"), mmap_mode="r")[:4]
-    np.testing.assert_allclose(loaded.prepare_images(np.asarray(raw)),
-                               np.load(result.data.images.file("images.npy"))[:4], atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.prepare_images(np.asarray(raw)),
+        np.load(result.data.images.file("images.npy"))[:4],
+        atol=1e-6,
+    )

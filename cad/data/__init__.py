@@ -1,1 +1,1 @@
-"""Data: DICOM reading, study assembly, preprocessing, the phantom, manifests, splits, balance, augment."""
+"""Data: DICOM reading, studies and phases, preprocessing, phantom, manifests, splits, augment."""

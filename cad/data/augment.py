@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
 from typing import Any
 
 import numpy as np
@@ -46,8 +45,9 @@ def make_augment(cfg: AugmentConfig, seed: int | None = None) -> Any:
         )
     if cfg.elastic > 0:
         steps.append(
-            Rand2DElastic(prob=cfg.elastic, spacing=(16, 16), magnitude_range=(0.5, 1.5),
-                          padding_mode="zeros")
+            Rand2DElastic(
+                prob=cfg.elastic, spacing=(16, 16), magnitude_range=(0.5, 1.5), padding_mode="zeros"
+            )
         )
     if cfg.bias_field > 0:
         steps.append(RandBiasField(prob=cfg.bias_field, coeff_range=(0.0, 0.15)))

@@ -54,8 +54,10 @@ def ingest_folder(
     usable = [s for s in studies if (s.phases if kind == "dce" else s.series)]
     if not usable:
         reasons = sorted({r.reason for r in records if r.outcome != Outcome.OK} - {""})
-        result.error = "no usable " + ("DCE study" if kind == "dce" else "series") + (
-            f" ({'; '.join(reasons[:3])})" if reasons else ""
+        result.error = (
+            "no usable "
+            + ("DCE study" if kind == "dce" else "series")
+            + (f" ({'; '.join(reasons[:3])})" if reasons else "")
         )
         return result
     if len(usable) > 1:

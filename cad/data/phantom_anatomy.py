@@ -109,15 +109,19 @@ class _Volume:
 
     def noise(self, sigma_mm: float) -> np.ndarray:
         """Gaussian-filtered white noise with unit standard deviation."""
-        white = self.rng.standard_normal(self.shape, np.float32)
-        out = ndimage.gaussian_filter(white, (sigma_mm / self.dz, *[sigma_mm / self.px] * 2))
+        f = max(1, int(sigma_mm / self.px / 3))  # wide kernels run on a coarser grid
+        slices, rows, cols = self.shape
+        white = self.rng.standard_normal((slices, -(-rows // f), -(-cols // f)), np.float32)
+        sigma = (sigma_mm / self.dz, *[sigma_mm / self.px / f] * 2)
+        out = ndimage.gaussian_filter(white, sigma)
+        if f > 1:
+            out = ndimage.zoom(out, (1, f, f), order=1)[:, :rows, :cols]
         return out / max(float(out.std()), 1e-6)
 
     def depth(self, mask: np.ndarray) -> np.ndarray:
         """In-plane distance (mm) from each voxel of ``mask`` to the nearest voxel outside."""
-        padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
-        dist = ndimage.distance_transform_edt(padded, sampling=(1e4, self.px, self.px))
-        return dist[:, 1:-1, 1:-1].astype(np.float32)
+        edt = ndimage.distance_transform_edt
+        return np.stack([edt(np.pad(m, 1), self.px)[1:-1, 1:-1] for m in mask]).astype(np.float32)
 
     def soft(self, signed_mm: np.ndarray) -> np.ndarray:
         """Partial-volume coverage of a region whose signed distance (mm, <0 inside) is given."""
@@ -127,12 +131,10 @@ class _Volume:
         """Voxel index (slice, row, col) -> position (z, y, x) in mm."""
         return np.array([self.z[index[0], 0, 0], self.y[0, index[1], 0], self.x[0, 0, index[2]]])
 
-    def paint(
-        self, alpha: np.ndarray, tissue: str, enh: tuple | None = None, tex: _Value = 1
-    ) -> None:
+    def paint(self, alpha: np.ndarray, tissue: str, enh: tuple = (), tex: _Value = 1) -> None:
         """Blend a tissue over what is there, weighted by its coverage ``alpha``."""
         code, pre, t1, default = _TISSUE[tissue]
-        enh = default if enh is None else enh
+        enh = enh or default
         self.pre += alpha * (pre * tex - self.pre)
         self.t1 += alpha * (t1 * tex - self.t1)
         for k in range(3):
@@ -152,13 +154,12 @@ class _Volume:
             idx = np.rint((path - origin) / step).astype(int)
             ok = np.all((idx >= 0) & (idx < np.array(self.shape)), axis=1)
             label[tuple(idx[ok].T)] = i
-        if not label.any():
-            return np.zeros(self.shape, np.float32), label
-        sampling = (1e4, self.px, self.px)
-        dist, near = ndimage.distance_transform_edt(label == 0, sampling, return_indices=True)
-        which = label[tuple(near)]
-        radius = np.asarray([0.0, *radii], np.float32)[which]
-        alpha = np.clip((radius + self.px / 2 - dist) / self.px, 0.0, 1.0).astype(np.float32)
+        alpha, which = np.zeros(self.shape, np.float32), np.zeros(self.shape, np.int32)
+        radius = np.asarray([0.0, *radii], np.float32)
+        for k in np.flatnonzero(label.any(axis=(1, 2))):
+            dist, near = ndimage.distance_transform_edt(label[k] == 0, self.px, return_indices=True)
+            which[k] = label[k][tuple(near)]
+            alpha[k] = np.clip((radius[which[k]] + self.px / 2 - dist) / self.px, 0.0, 1.0)
         return alpha, which - 1
 
 

@@ -32,7 +32,9 @@ def write_samples(samples: list[Sample], path: Path) -> None:
 def read_samples(path: Path) -> list[Sample]:
     with open(path, newline="") as handle:
         return [
-            Sample(r["sample"], r["patient"], r["study"], r["series"], int(r["slice"]), int(r["label"]))
+            Sample(
+                r["sample"], r["patient"], r["study"], r["series"], int(r["slice"]), int(r["label"])
+            )
             for r in csv.DictReader(handle)
         ]
 

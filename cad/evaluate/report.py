@@ -23,8 +23,13 @@ def _layer_scores(chain: ChainResult) -> list[dict[str, Any]]:
     with open(chain.probe.file("layer_scores.csv"), newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [
-        {"node": r["node"], "depth": int(r["depth"]), "dim": int(r["dim"]),
-         "f1_mean": float(r["f1_mean"]), "f1_std": float(r["f1_std"])}
+        {
+            "node": r["node"],
+            "depth": int(r["depth"]),
+            "dim": int(r["dim"]),
+            "f1_mean": float(r["f1_mean"]),
+            "f1_std": float(r["f1_std"]),
+        }
         for r in rows
     ]
 
@@ -47,8 +52,10 @@ def chain_summary(chain: ChainResult, workdir: Path) -> dict[str, Any]:
         "test": metrics["metrics"],
         "model_dir": str(chain.finetune.path.relative_to(workdir) / "model"),
         "artifacts": {
-            "extract": chain.extract.key, "probe": chain.probe.key,
-            "finetune": chain.finetune.key, "evaluate": chain.evaluate.key,
+            "extract": chain.extract.key,
+            "probe": chain.probe.key,
+            "finetune": chain.finetune.key,
+            "evaluate": chain.evaluate.key,
         },
     }
 
@@ -64,13 +71,22 @@ def build_summary(result: RunResult, started: float) -> dict[str, Any]:
         "data": {
             "manifest_hash": data.manifest_hash,
             "splits": splits,
-            "ingest": {k: v for k, v in data.ingest.manifest.items()
-                       if k in ("items", "studies", "studies_skipped", "outcomes", "positives")},
+            "ingest": {
+                k: v
+                for k, v in data.ingest.manifest.items()
+                if k in ("items", "studies", "studies_skipped", "outcomes", "positives")
+            },
             "denoise": data.denoise.read_json("denoise_metrics.json") if data.denoise else None,
         },
         "results": chains,
-        "best": {"backbone": best["backbone"], "round": best["round"], "chosen_by": "validation F1",
-                 "model_dir": best["model_dir"]} if best else None,
+        "best": {
+            "backbone": best["backbone"],
+            "round": best["round"],
+            "chosen_by": "validation F1",
+            "model_dir": best["model_dir"],
+        }
+        if best
+        else None,
         "stages": [r.as_dict() for r in result.runner.records],
         "wall_s": round(time.time() - started, 2),
     }
@@ -85,46 +101,81 @@ def write_report(summary: dict[str, Any], path: Path) -> None:
     fallbacks = [c for c in summary["results"] if c["fell_back_to_random"]]
     if fallbacks:
         names = ", ".join(sorted({c["backbone"] for c in fallbacks}))
-        lines += [f"> **WARNING: random weights** were used for {names} because ImageNet weights "
-                  "were not found (fallback: random). Results do not reflect transfer learning.", ""]
+        lines += [
+            f"> **WARNING: random weights** were used for {names} because ImageNet weights "
+            "were not found (fallback: random). Results do not reflect transfer learning.",
+            "",
+        ]
     tracking = summary.get("tracking", {})
     if tracking and not tracking.get("ok", True):
-        lines += [f"> **MLflow logging failed** ({tracking.get('uri')}): "
-                  f"{'; '.join(tracking.get('failures', [])[:3])}. All artifacts are on disk.", ""]
+        lines += [
+            f"> **MLflow logging failed** ({tracking.get('uri')}): "
+            f"{'; '.join(tracking.get('failures', [])[:3])}. All artifacts are on disk.",
+            "",
+        ]
     sizes = summary["data"]["splits"]
     lines += ["## Data", "", "| split | patients | slices | positive slices |", "|---|---|---|---|"]
-    lines += [f"| {n} | {s['patients']} | {s['samples']} | {s['positives']} |" for n, s in sizes.items()]
+    lines += [
+        f"| {n} | {s['patients']} | {s['samples']} | {s['positives']} |" for n, s in sizes.items()
+    ]
     denoise = summary["data"].get("denoise")
     if denoise:
-        lines += ["", f"DnCNN denoising (trained on training slices, sigma {denoise['sigma']}): "
-                  f"validation PSNR {denoise['val_psnr_noisy_db']:.2f} dB noisy -> "
-                  f"{denoise['val_psnr_denoised_db']:.2f} dB denoised; mean absolute change on "
-                  f"the real slices {denoise['mean_abs_change_real']:.4f}."]
-    lines += ["", "## Test metrics (95% patient-bootstrap intervals)", "",
-              "| backbone | round | weights | fine-tuning node | connection node | "
-              + " | ".join(METRICS) + " |", "|" + "---|" * (5 + len(METRICS))]
+        lines += [
+            "",
+            f"DnCNN denoising (trained on training slices, sigma {denoise['sigma']}): "
+            f"validation PSNR {denoise['val_psnr_noisy_db']:.2f} dB noisy -> "
+            f"{denoise['val_psnr_denoised_db']:.2f} dB denoised; mean absolute change on "
+            f"the real slices {denoise['mean_abs_change_real']:.4f}.",
+        ]
+    lines += [
+        "",
+        "## Test metrics (95% patient-bootstrap intervals)",
+        "",
+        "| backbone | round | weights | fine-tuning node | connection node | "
+        + " | ".join(METRICS)
+        + " |",
+        "|" + "---|" * (5 + len(METRICS)),
+    ]
     for c in summary["results"]:
         lines.append(
-            f"| {c['backbone']} | {c['round']} | {c['weights_source']} | {c['nodes']['finetune']} | "
-            f"{c['nodes']['connection']} | " + " | ".join(_fmt(c["test"][m]) for m in METRICS) + " |"
+            f"| {c['backbone']} | {c['round']} | {c['weights_source']} | "
+            f"{c['nodes']['finetune']} | "
+            f"{c['nodes']['connection']} | "
+            + " | ".join(_fmt(c["test"][m]) for m in METRICS)
+            + " |"
         )
     if summary.get("best"):
         b = summary["best"]
-        lines += ["", f"Best by validation F1: **{b['backbone']} round {b['round']}** "
-                  f"(model package: `{b['model_dir']}`)."]
+        lines += [
+            "",
+            f"Best by validation F1: **{b['backbone']} round {b['round']}** "
+            f"(model package: `{b['model_dir']}`).",
+        ]
     lines += ["", "## Layer probe (SVM F1 by patient-grouped CV on the training split)", ""]
     for c in summary["results"]:
         scores = ", ".join(f"{s['node']} {s['f1_mean']:.3f}" for s in c["layer_scores"])
         lines.append(f"- {c['backbone']} round {c['round']}: {scores}")
-    lines += ["", "![layer F1](layer_f1_comparison.png)", "", "## Stages", "",
-              "| stage | this run | wall s (when built) | items | items/s |", "|---|---|---|---|---|"]
-    lines += [f"| {s['label']} | {'reused' if s['reused'] else 'ran'} | {s['built_wall_s']:.1f} | "
-              f"{s['items']} | {s['items'] / s['built_wall_s'] if s['built_wall_s'] else 0:.1f} |"
-              for s in summary["stages"]]
+    lines += [
+        "",
+        "![layer F1](layer_f1_comparison.png)",
+        "",
+        "## Stages",
+        "",
+        "| stage | this run | wall s (when built) | items | items/s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['label']} | {'reused' if s['reused'] else 'ran'} | {s['built_wall_s']:.1f} | "
+        f"{s['items']} | {s['items'] / s['built_wall_s'] if s['built_wall_s'] else 0:.1f} |"
+        for s in summary["stages"]
+    ]
     if tracking:
-        lines += ["", f"MLflow: `{tracking.get('uri')}`, experiment `{tracking.get('experiment')}`, "
-                  f"parent run `{tracking.get('parent_run_id')}`. Open the UI with "
-                  "`mlflow ui --backend-store-uri <uri>`."]
+        lines += [
+            "",
+            f"MLflow: `{tracking.get('uri')}`, experiment `{tracking.get('experiment')}`, "
+            f"parent run `{tracking.get('parent_run_id')}`. Open the UI with "
+            "`mlflow ui --backend-store-uri <uri>`.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -141,7 +192,9 @@ def finish_run(result: RunResult, started: float, track: bool = True) -> dict[st
         for c in summary["results"]
     }
     plot_layer_comparison(curves, workdir / "layer_f1_comparison.png")
-    summary["tracking"] = log_run(result, summary) if track and result.config.tracking.enabled else {}
+    summary["tracking"] = (
+        log_run(result, summary) if track and result.config.tracking.enabled else {}
+    )
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, workdir / "report.md")
     return summary

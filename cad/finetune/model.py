@@ -61,8 +61,13 @@ class TransferModel(nn.Module):
     part during training only; inference uses the main head alone.
     """
 
-    def __init__(self, normalize: Normalize, body: nn.Module, head: Head,
-                 aux_heads: dict[str, nn.Module] | None = None) -> None:
+    def __init__(
+        self,
+        normalize: Normalize,
+        body: nn.Module,
+        head: Head,
+        aux_heads: dict[str, nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         self.normalize = normalize
         self.body = body
@@ -116,8 +121,9 @@ def ancestors(node: fx.Node) -> set[fx.Node]:
     return seen
 
 
-def cut_backbone(backbone: nn.Module, finetune_node: str, connection_node: str,
-                 aux_nodes: Sequence[str] = ()) -> fx.GraphModule:
+def cut_backbone(
+    backbone: nn.Module, finetune_node: str, connection_node: str, aux_nodes: Sequence[str] = ()
+) -> fx.GraphModule:
     """The backbone up to ``connection_node``; returns ``{finetune, features, aux<i>}``."""
     backbone.eval()
     nodes = {node: f"aux{i}" for i, node in enumerate(aux_nodes)}

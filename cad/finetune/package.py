@@ -8,11 +8,10 @@ chosen on validation. Loading verifies the checksums before anything is deserial
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import shutil
 
 import numpy as np
 from safetensors.torch import load_model, save_model
@@ -57,8 +56,9 @@ def _files(meta: dict[str, Any]) -> tuple[str, ...]:
     return (WEIGHTS, META, DENOISER) if meta.get("denoiser") else (WEIGHTS, META)
 
 
-def save_package(model: TransferModel, meta: dict[str, Any], directory: Path,
-                 denoiser: Path | None = None) -> Path:
+def save_package(
+    model: TransferModel, meta: dict[str, Any], directory: Path, denoiser: Path | None = None
+) -> Path:
     """Write the package into ``directory`` (which must be inside an atomic artifact)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS))
@@ -133,7 +133,9 @@ def load_package(directory: str | Path) -> LoadedModel:
     try:
         load_model(model, str(directory / WEIGHTS), strict=True)
     except RuntimeError as exc:
-        raise ModelPackageError(f"{WEIGHTS} does not fit the architecture in {META}: {exc}") from exc
+        raise ModelPackageError(
+            f"{WEIGHTS} does not fit the architecture in {META}: {exc}"
+        ) from exc
     model.eval()
     denoiser = None
     if meta.get("denoiser"):

@@ -49,7 +49,9 @@ def _run_in_batches(fn: Callable, data: torch.Tensor, batch: int, runtime: Runti
     return torch.cat(outs)
 
 
-def predict_proba(model: TransferModel, images: np.ndarray, runtime: Runtime, batch: int = 64) -> np.ndarray:
+def predict_proba(
+    model: TransferModel, images: np.ndarray, runtime: Runtime, batch: int = 64
+) -> np.ndarray:
     """Positive-class probabilities for (N, C, H, W) images (used by evaluate and score)."""
     model.eval()
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -67,7 +69,9 @@ class _Checkpoint:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
         opt = optimizer.state_dict()
         for index, slots in opt["state"].items():
             for name, value in slots.items():
@@ -117,7 +121,9 @@ def _loss_fn(labels: np.ndarray, cfg: FinetuneConfig, runtime: Runtime) -> nn.Mo
     if cfg.loss == "weighted":
         counts = np.bincount(labels, minlength=2).astype(np.float64)
         weights = counts.sum() / (2 * np.maximum(counts, 1))
-        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=runtime.device))
+        return nn.CrossEntropyLoss(
+            weight=torch.tensor(weights, dtype=torch.float32, device=runtime.device)
+        )
     return nn.CrossEntropyLoss()
 
 
@@ -138,7 +144,9 @@ def train(
     model = runtime.prepare(model)
     online = augment.mode == "online" and augment.copies >= 0 and augment.mode != "none"
     supervised = len(model.aux_heads) > 0  # deep supervision needs the full forward
-    halves = split_prefix(model.body) if cfg.cache_prefix and not online and not supervised else None
+    halves = (
+        split_prefix(model.body) if cfg.cache_prefix and not online and not supervised else None
+    )
     x_all = torch.from_numpy(np.array(images, dtype=np.float32))  # own, writable copy
     x_val = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -148,14 +156,20 @@ def train(
         prefix, suffix = halves
         model.eval()
         # frozen prefix: computed once for every training and validation image
-        cache = _run_in_batches(lambda b: prefix(model.normalize(b)), x_all, cfg.batch_size, runtime)
-        val_cache = _run_in_batches(lambda b: prefix(model.normalize(b)), x_val, cfg.batch_size, runtime)
+        cache = _run_in_batches(
+            lambda b: prefix(model.normalize(b)), x_all, cfg.batch_size, runtime
+        )
+        val_cache = _run_in_batches(
+            lambda b: prefix(model.normalize(b)), x_val, cfg.batch_size, runtime
+        )
 
         def forward_train(idx: torch.Tensor) -> list[torch.Tensor]:
             return [model.head(suffix(runtime.batch(cache[idx].clone())))]
 
         def val_logits() -> torch.Tensor:
-            return _run_in_batches(lambda b: model.head(suffix(b)), val_cache, cfg.batch_size, runtime)
+            return _run_in_batches(
+                lambda b: model.head(suffix(b)), val_cache, cfg.batch_size, runtime
+            )
     else:
         transform = make_augment(augment) if online else None
 
@@ -215,28 +229,52 @@ def train(
                 progress(len(idx))
         model.eval()
         logits = val_logits().float()
-        val_loss = float(nn.functional.cross_entropy(logits.cpu(), torch.from_numpy(np.asarray(val_labels, dtype=np.int64))))
+        val_loss = float(
+            nn.functional.cross_entropy(
+                logits.cpu(), torch.from_numpy(np.asarray(val_labels, dtype=np.int64))
+            )
+        )
         val_prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
         val_f1 = float(f1_score(val_labels, val_prob >= 0.5, zero_division=0))
         result.history.append(
-            {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-             "val_f1": val_f1, "lr": _lr_at(epoch, cfg)}
+            {
+                "epoch": epoch + 1,
+                "train_loss": total / max(seen, 1),
+                "val_loss": val_loss,
+                "val_f1": val_f1,
+                "lr": _lr_at(epoch, cfg),
+            }
         )
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.3f",
-                 epoch + 1, cfg.epochs, total / max(seen, 1), val_loss, val_f1)
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.3f",
+            epoch + 1,
+            cfg.epochs,
+            total / max(seen, 1),
+            val_loss,
+            val_f1,
+        )
         if val_f1 > result.best_val_f1:
             result.best_val_f1, result.best_epoch, stale = val_f1, epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+            best_state = {
+                k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+            }
             if checkpoint_dir is not None:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_file(best_state, str(checkpoint_dir / ".best.tmp"))
                 os.replace(checkpoint_dir / ".best.tmp", checkpoint_dir / "best.safetensors")
         else:
             stale += 1
-        ckpt.save(model, optimizer, {
-            "epoch": epoch, "history": result.history, "best_epoch": result.best_epoch,
-            "best_val_f1": result.best_val_f1, "stale": stale,
-        })
+        ckpt.save(
+            model,
+            optimizer,
+            {
+                "epoch": epoch,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_val_f1": result.best_val_f1,
+                "stale": stale,
+            },
+        )
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

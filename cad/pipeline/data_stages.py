@@ -27,15 +27,23 @@ def phantom_stage(out: Path, cfg: PipelineConfig) -> dict:
     p = cfg.data.phantom
     with progress("phantom", p.patients, "patients") as advance:
         info = generate_phantom(
-            out, patients=p.patients, slices=p.slices, size=p.size, seed=p.seed,
-            lesion_fraction=p.lesion_fraction, progress=lambda done, total: advance(1),
+            out,
+            patients=p.patients,
+            slices=p.slices,
+            size=p.size,
+            seed=p.seed,
+            lesion_fraction=p.lesion_fraction,
+            progress=lambda done, total: advance(1),
         )
     return {"items": info.files, "patients": info.patients, "lesion_patients": info.lesion_patients}
 
 
 def phantom_manifest_stage(out: Path, phantom: Artifact, margin: int) -> dict:
     rows = build_from_boxes(
-        phantom.path / "dicom", phantom.path / "Annotation_Boxes.csv", margin=margin, unboxed="negative"
+        phantom.path / "dicom",
+        phantom.path / "Annotation_Boxes.csv",
+        margin=margin,
+        unboxed="negative",
     )
     write_manifest(rows, out / "manifest.csv")
     return {"items": len(rows), "positives": sum(r.label for r in rows)}
@@ -64,7 +72,9 @@ def split_stage(out: Path, ingest: Artifact, cfg: PipelineConfig) -> dict:
         }
         for name, keys in splits.items()
     }
-    (out / "splits.json").write_text(json.dumps({**splits, "folds": folds, "sizes": sizes}, indent=1))
+    (out / "splits.json").write_text(
+        json.dumps({**splits, "folds": folds, "sizes": sizes}, indent=1)
+    )
     return {"items": len(samples), "sizes": sizes}
 
 
@@ -87,8 +97,12 @@ def augment_stage(out: Path, ingest: Artifact, split: Artifact, cfg: PipelineCon
     np.save(out / "train_images.npy", augmented)
     train_samples = [samples[train_idx[i]] for i in source]
     write_samples(
-        [Sample(f"{s.sample}#{k // len(train_idx)}", s.patient, s.study, s.series, s.slice, s.label)
-         for k, s in enumerate(train_samples)],
+        [
+            Sample(
+                f"{s.sample}#{k // len(train_idx)}", s.patient, s.study, s.series, s.slice, s.label
+            )
+            for k, s in enumerate(train_samples)
+        ],
         out / "train_samples.csv",
     )
     labels = column(train_samples, "label").astype(np.int64)
@@ -122,26 +136,36 @@ def denoise_stage(out: Path, ingest: Artifact, split: Artifact, cfg: PipelineCon
     images = np.load(ingest.file("images.npy"), mmap_mode="r")
     train = np.asarray(images[split_indices(ingest, split, "train")])
     val = np.asarray(images[split_indices(ingest, split, "val")])
-    model = train_dncnn(train, d.sigma, d.epochs, d.batch_size, d.seed, depth=d.depth,
-                        features=d.features)
+    model = train_dncnn(
+        train, d.sigma, d.epochs, d.batch_size, d.seed, depth=d.depth, features=d.features
+    )
     noisy = val + np.random.default_rng(d.seed).normal(0, d.sigma, val.shape).astype(np.float32)
     restored = denoise(model, noisy)
-    result = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.float32,
-                                       shape=images.shape)
+    result = np.lib.format.open_memmap(
+        out / "images.npy", mode="w+", dtype=np.float32, shape=images.shape
+    )
     for start in range(0, len(images), 256):
         result[start : start + 256] = denoise(model, np.asarray(images[start : start + 256]))
     result.flush()
     change = float(np.mean(np.abs(np.asarray(result) - np.asarray(images))))
     shutil.copy(ingest.file("samples.csv"), out / "samples.csv")
     save_model(model, str(out / "dncnn.safetensors"))
-    spec = {"in_chans": int(images.shape[1]), "depth": d.depth, "features": d.features,
-            "sigma": d.sigma}
+    spec = {
+        "in_chans": int(images.shape[1]),
+        "depth": d.depth,
+        "features": d.features,
+        "sigma": d.sigma,
+    }
     metrics = {
-        "val_psnr_noisy_db": _psnr(val, noisy), "val_psnr_denoised_db": _psnr(val, restored),
-        "mean_abs_change_real": change, **spec,
+        "val_psnr_noisy_db": _psnr(val, noisy),
+        "val_psnr_denoised_db": _psnr(val, restored),
+        "mean_abs_change_real": change,
+        **spec,
     }
     metrics["val_psnr_gain_db"] = metrics["val_psnr_denoised_db"] - metrics["val_psnr_noisy_db"]
     (out / "dncnn.json").write_text(json.dumps(spec, indent=1))
     (out / "denoise_metrics.json").write_text(json.dumps(metrics, indent=1))
-    return {"items": len(images), **{k: round(v, 4) for k, v in metrics.items()
-                                     if isinstance(v, float)}}
+    return {
+        "items": len(images),
+        **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
+    }

@@ -38,7 +38,6 @@ from cad.pipeline.store import Artifact
 from cad.probe.nodes import choose_connection_node
 from cad.probe.svm import choose_finetune_node, score_nodes
 
-
 BACKBONE_SEED = 0
 
 
@@ -59,7 +58,9 @@ def _backbone(source: Source, in_chans: int) -> tuple[torch.nn.Module, str, list
         with torch.random.fork_rng():
             torch.manual_seed(BACKBONE_SEED)  # random weights must be the same in every stage
             loaded = create_backbone(
-                spec.name, weights=source.backbone.weights, in_chans=in_chans,
+                spec.name,
+                weights=source.backbone.weights,
+                in_chans=in_chans,
                 fallback=source.backbone.fallback,
             )
         return loaded.model, loaded.weights_source, nodes
@@ -76,22 +77,40 @@ def extract_stage(out: Path, source: Source, augment: Artifact, cfg: PipelineCon
     images = np.load(augment.file("train_images.npy"), mmap_mode="r")
     with progress(f"extract {spec.name} r{source.round}", len(images), "slices") as advance:
         features = extract_features(
-            model, nodes, images, Normalize(spec.mean, spec.std, in_chans), runtime,
-            cfg.extract.batch_size, cfg.extract.pooling, advance,
+            model,
+            nodes,
+            images,
+            Normalize(spec.mean, spec.std, in_chans),
+            runtime,
+            cfg.extract.batch_size,
+            cfg.extract.pooling,
+            advance,
         )
     save_features(features, out / "features")
     from cad.backbones import node_shapes
 
     shapes = node_shapes(model, nodes, cfg.input.size, in_chans)
     depth = dict(zip(spec.nodes, spec.node_depths, strict=True))
-    info = [{"node": n, "depth": depth.get(n, i), "shape": list(shapes[n])} for i, n in enumerate(nodes)]
-    (out / "nodes.json").write_text(json.dumps(
-        {"nodes": info, "weights_source": weights_source, "runtime": describe(runtime)}, indent=1))
+    info = [
+        {"node": n, "depth": depth.get(n, i), "shape": list(shapes[n])} for i, n in enumerate(nodes)
+    ]
+    (out / "nodes.json").write_text(
+        json.dumps(
+            {"nodes": info, "weights_source": weights_source, "runtime": describe(runtime)},
+            indent=1,
+        )
+    )
     return {"items": len(images), "weights_source": weights_source}
 
 
-def probe_stage(out: Path, extract: Artifact, augment: Artifact, split: Artifact, cfg: PipelineConfig,
-                title: str) -> dict:
+def probe_stage(
+    out: Path,
+    extract: Artifact,
+    augment: Artifact,
+    split: Artifact,
+    cfg: PipelineConfig,
+    title: str,
+) -> dict:
     info = extract.read_json("nodes.json")
     nodes = [n["node"] for n in info["nodes"]]
     depths = {n["node"]: n["depth"] for n in info["nodes"]}
@@ -108,9 +127,15 @@ def probe_stage(out: Path, extract: Artifact, augment: Artifact, split: Artifact
         writer = csv.DictWriter(handle, fieldnames=list(scores[0].as_row()))
         writer.writeheader()
         writer.writerows(s.as_row() for s in scores)
-    plot_layer_scores([s.depth for s in scores], [s.node for s in scores],
-                      [s.f1_mean for s in scores], [s.f1_std for s in scores], best.node,
-                      out / "layer_f1.png", title)
+    plot_layer_scores(
+        [s.depth for s in scores],
+        [s.node for s in scores],
+        [s.f1_mean for s in scores],
+        [s.f1_std for s in scores],
+        best.node,
+        out / "layer_f1.png",
+        title,
+    )
     chosen = {"finetune": best.node, "connection": connection, "finetune_f1": best.f1_mean}
     (out / "nodes.json").write_text(json.dumps(chosen, indent=1))
     return {"items": len(scores) * len(np.unique(folds)), **chosen}
@@ -128,9 +153,19 @@ def _data_hash(augment: Artifact) -> str:
     return hashlib.sha256(augment.key.encode()).hexdigest()[:16]
 
 
-def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact, augment: Artifact,
-                   ingest: Artifact, split: Artifact, cfg: PipelineConfig, checkpoints: Path,
-                   title: str, denoise: Artifact | None = None) -> dict:
+def finetune_stage(
+    out: Path,
+    source: Source,
+    probe: Artifact,
+    extract: Artifact,
+    augment: Artifact,
+    ingest: Artifact,
+    split: Artifact,
+    cfg: PipelineConfig,
+    checkpoints: Path,
+    title: str,
+    denoise: Artifact | None = None,
+) -> dict:
     spec = get_spec(source.backbone.name)
     in_chans = cfg.input.in_chans
     chosen = probe.read_json("nodes.json")
@@ -139,9 +174,16 @@ def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact
     torch.manual_seed(cfg.finetune.seed)
     aux_nodes = supervised_aux_nodes(spec, chosen["finetune"], chosen["connection"])
     model = build_transfer_model(
-        model_in, chosen["finetune"], chosen["connection"], mean=spec.mean, std=spec.std,
-        in_chans=in_chans, size=cfg.input.size, hidden=cfg.finetune.hidden,
-        dropout=cfg.finetune.dropout, aux_nodes=aux_nodes,
+        model_in,
+        chosen["finetune"],
+        chosen["connection"],
+        mean=spec.mean,
+        std=spec.std,
+        in_chans=in_chans,
+        size=cfg.input.size,
+        hidden=cfg.finetune.hidden,
+        dropout=cfg.finetune.dropout,
+        aux_nodes=aux_nodes,
     )
     if source.previous is not None:
         _, meta, head = backbone_from_package(source.previous.path / "model")
@@ -156,23 +198,40 @@ def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact
     runtime = select_runtime(cfg.finetune.precision, cfg.extract.channels_last)
     epochs_total = len(order) * cfg.finetune.epochs
     with progress(f"finetune {spec.name} r{source.round}", epochs_total, "slices") as advance:
-        result = train(model, np.asarray(images), labels, order, np.asarray(all_images[val_idx]),
-                       all_labels[val_idx], cfg.finetune, cfg.augment, runtime, checkpoints, advance)
+        result = train(
+            model,
+            np.asarray(images),
+            labels,
+            order,
+            np.asarray(all_images[val_idx]),
+            all_labels[val_idx],
+            cfg.finetune,
+            cfg.augment,
+            runtime,
+            checkpoints,
+            advance,
+        )
     threshold = choose_threshold(all_labels[val_idx], result.val_prob)
     meta = {
-        "backbone": spec.name, "round": source.round, "weights_source": weights_source,
+        "backbone": spec.name,
+        "round": source.round,
+        "weights_source": weights_source,
         "nodes": {"finetune": chosen["finetune"], "connection": chosen["connection"]},
         "aux_nodes": list(aux_nodes),
         "head": {"hidden": cfg.finetune.hidden, "dropout": cfg.finetune.dropout},
-        "classes": ["non-tumour", "tumour"], "in_chans": in_chans,
+        "classes": ["non-tumour", "tumour"],
+        "in_chans": in_chans,
         "input": json.loads(cfg.input.model_dump_json()),
-        "mean": list(spec.mean), "std": list(spec.std), "threshold": threshold,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "threshold": threshold,
         "training_data_hash": _data_hash(augment),
         "connection_shape": list(output_shape(model.body, in_chans, cfg.input.size, "features")),
         "frozen_modules": len(model.frozen_modules),
         "trainable_params": int(sum(p.numel() for p in model.trainable_parameters())),
         "frozen_params": int(sum(p.numel() for p in model.frozen_parameters().values())),
-        "best_epoch": result.best_epoch, "best_val_f1": result.best_val_f1,
+        "best_epoch": result.best_epoch,
+        "best_val_f1": result.best_val_f1,
     }
     denoiser = None
     if denoise is not None:
@@ -185,13 +244,23 @@ def finetune_stage(out: Path, source: Source, probe: Artifact, extract: Artifact
         writer.writeheader()
         writer.writerows(result.history)
     plot_training_curves(result.history, out / "training_curves.png", title)
-    return {"items": len(order) * len(result.history), "threshold": threshold,
-            "best_val_f1": result.best_val_f1, "prefix_cache": result.used_prefix_cache,
-            "runtime": describe(runtime)}
+    return {
+        "items": len(order) * len(result.history),
+        "threshold": threshold,
+        "best_val_f1": result.best_val_f1,
+        "prefix_cache": result.used_prefix_cache,
+        "runtime": describe(runtime),
+    }
 
 
-def evaluate_stage(out: Path, finetune: Artifact, ingest: Artifact, split: Artifact,
-                   cfg: PipelineConfig, title: str) -> dict:
+def evaluate_stage(
+    out: Path,
+    finetune: Artifact,
+    ingest: Artifact,
+    split: Artifact,
+    cfg: PipelineConfig,
+    title: str,
+) -> dict:
     """The only stage that touches the test patients."""
     loaded = load_package(finetune.path / "model")
     samples = read_samples(ingest.file("samples.csv"))
@@ -203,15 +272,31 @@ def evaluate_stage(out: Path, finetune: Artifact, ingest: Artifact, split: Artif
     y = column(samples, "label")[test_idx].astype(int)
     groups = column(samples, "patient")[test_idx]
     threshold = loaded.threshold
-    metrics = bootstrap_metrics(y, prob, threshold, groups, cfg.evaluate.bootstrap,
-                                cfg.evaluate.ci, cfg.evaluate.seed)
-    (out / "metrics.json").write_text(json.dumps({"threshold": threshold, "metrics": metrics}, indent=1))
+    metrics = bootstrap_metrics(
+        y, prob, threshold, groups, cfg.evaluate.bootstrap, cfg.evaluate.ci, cfg.evaluate.seed
+    )
+    (out / "metrics.json").write_text(
+        json.dumps({"threshold": threshold, "metrics": metrics}, indent=1)
+    )
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["sample", "patient", "study", "series", "slice", "label", "probability", "prediction"])
+        writer.writerow(
+            ["sample", "patient", "study", "series", "slice", "label", "probability", "prediction"]
+        )
         for i, p in zip(test_idx, prob, strict=True):
             s = samples[i]
-            writer.writerow([s.sample, s.patient, s.study, s.series, s.slice, s.label, f"{p:.6f}", int(p >= threshold)])
+            writer.writerow(
+                [
+                    s.sample,
+                    s.patient,
+                    s.study,
+                    s.series,
+                    s.slice,
+                    s.label,
+                    f"{p:.6f}",
+                    int(p >= threshold),
+                ]
+            )
     plot_roc(y, prob, out / "roc.png", title)
     plot_pr(y, prob, out / "pr.png", title)
     plot_confusion(y, (prob >= threshold).astype(int), out / "confusion.png", title)

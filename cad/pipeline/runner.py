@@ -63,10 +63,17 @@ class StageRunner:
             found = self.store.lookup(stage, key)
             if found is not None:
                 log.info("%s: reusing finished artifact %s", label, key)
-                self.records.append(StageRecord(
-                    stage, label, key, True, 0.0, int(found.manifest.get("items", 0)),
-                    float(found.manifest.get("wall_s", 0.0)),
-                ))
+                self.records.append(
+                    StageRecord(
+                        stage,
+                        label,
+                        key,
+                        True,
+                        0.0,
+                        int(found.manifest.get("items", 0)),
+                        float(found.manifest.get("wall_s", 0.0)),
+                    )
+                )
                 return found
         log.info("%s: running (artifact %s)", label, key)
         tmp = self.store.begin(stage, key)

@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -37,25 +42,39 @@ def _history(chain: ChainResult) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def _log_chain(tracker: Tracker, parent: str | None, chain: ChainResult, info: dict[str, Any],
-               base_tags: dict[str, str]) -> str | None:
+def _log_chain(
+    tracker: Tracker,
+    parent: str | None,
+    chain: ChainResult,
+    info: dict[str, Any],
+    base_tags: dict[str, str],
+) -> str | None:
     run = tracker.start_run(
         f"{chain.backbone} round {chain.round}",
         parent_id=parent,
-        tags={**base_tags, "backbone": chain.backbone, "round": str(chain.round),
-              "weights_source": info["weights_source"],
-              "weights_fallback": str(info["fell_back_to_random"]).lower(),
-              "finetune_node": info["nodes"]["finetune"],
-              "connection_node": info["nodes"]["connection"]},
-        params={"backbone": chain.backbone, "round": str(chain.round),
-                "finetune_node": info["nodes"]["finetune"],
-                "connection_node": info["nodes"]["connection"],
-                "threshold": f"{info['threshold']:.6f}"},
+        tags={
+            **base_tags,
+            "backbone": chain.backbone,
+            "round": str(chain.round),
+            "weights_source": info["weights_source"],
+            "weights_fallback": str(info["fell_back_to_random"]).lower(),
+            "finetune_node": info["nodes"]["finetune"],
+            "connection_node": info["nodes"]["connection"],
+        },
+        params={
+            "backbone": chain.backbone,
+            "round": str(chain.round),
+            "finetune_node": info["nodes"]["finetune"],
+            "connection_node": info["nodes"]["connection"],
+            "threshold": f"{info['threshold']:.6f}",
+        },
     )
     if run is None:
         return None
     scores = info["layer_scores"]
-    tracker.log_metric_steps(run, "probe_f1", [s["f1_mean"] for s in scores], [s["depth"] for s in scores])
+    tracker.log_metric_steps(
+        run, "probe_f1", [s["f1_mean"] for s in scores], [s["depth"] for s in scores]
+    )
     history = _history(chain)
     epochs = [int(h["epoch"]) for h in history]
     for key in ("train_loss", "val_loss", "val_f1"):
@@ -63,9 +82,17 @@ def _log_chain(tracker: Tracker, parent: str | None, chain: ChainResult, info: d
     test: dict[str, float] = {}
     for name in METRICS:
         m = info["test"][name]
-        test.update({f"test_{name}": m["value"], f"test_{name}_low": m["low"], f"test_{name}_high": m["high"]})
+        test.update(
+            {
+                f"test_{name}": m["value"],
+                f"test_{name}_low": m["low"],
+                f"test_{name}_high": m["high"],
+            }
+        )
     tracker.log_metrics(run, test)
-    tracker.log_metrics(run, {"val_f1_best": info["val_f1"], "trainable_params": info["trainable_params"]})
+    tracker.log_metrics(
+        run, {"val_f1_best": info["val_f1"], "trainable_params": info["trainable_params"]}
+    )
     for name in ("layer_scores.csv", "layer_f1.png"):
         tracker.log_artifact(run, chain.probe.file(name), "probe")
     for name in ("history.csv", "training_curves.png"):
@@ -82,11 +109,18 @@ def log_run(result: RunResult, summary: dict[str, Any]) -> dict[str, Any]:
     cfg = result.config
     uri = default_tracking_uri(result.workdir, cfg.tracking.uri)
     experiment = cfg.tracking.experiment or cfg.name
-    tracker = Tracker(uri, experiment, retries=cfg.tracking.retries, timeout_s=cfg.tracking.timeout_s)
-    base_tags = {"cad_version": __version__, "git_commit": git_commit(),
-                 "data_manifest_hash": summary["data"]["manifest_hash"], "pipeline": cfg.name}
-    parent = tracker.start_run(f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                               params=flatten(cfg), tags=base_tags)
+    tracker = Tracker(
+        uri, experiment, retries=cfg.tracking.retries, timeout_s=cfg.tracking.timeout_s
+    )
+    base_tags = {
+        "cad_version": __version__,
+        "git_commit": git_commit(),
+        "data_manifest_hash": summary["data"]["manifest_hash"],
+        "pipeline": cfg.name,
+    }
+    parent = tracker.start_run(
+        f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", params=flatten(cfg), tags=base_tags
+    )
     if parent is not None:
         redacted = result.workdir / "logs" / "config.resolved.yaml"
         redacted.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +143,12 @@ def log_run(result: RunResult, summary: dict[str, Any]) -> dict[str, Any]:
         tracker.log_metrics(parent, metrics)
         tracker.end_run(parent)
     return {
-        "uri": uri, "experiment": experiment, "parent_run_id": parent, "child_runs": runs,
+        "uri": uri,
+        "experiment": experiment,
+        "parent_run_id": parent,
+        "child_runs": runs,
         "registered_model": cfg.tracking.register_name if registered else None,
-        "registered_version": registered, "ok": tracker.ok, "failures": tracker.failures,
+        "registered_version": registered,
+        "ok": tracker.ok,
+        "failures": tracker.failures,
     }

@@ -88,8 +88,14 @@ def score_nodes(
         delayed(_score_node)(features[node], labels, folds, cfg, balance) for node in nodes
     )
     return [
-        NodeScore(node, depths[node], int(features[node].shape[1]), float(np.mean(s)),
-                  float(np.std(s)), tuple(s))
+        NodeScore(
+            node,
+            depths[node],
+            int(features[node].shape[1]),
+            float(np.mean(s)),
+            float(np.std(s)),
+            tuple(s),
+        )
         for node, s in zip(nodes, results, strict=True)
     ]
 

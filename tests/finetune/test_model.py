@@ -16,8 +16,9 @@ IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 def _model(name="resnet18", ft="layer2", conn="layer3", size=64):
     torch.manual_seed(0)
     backbone = getattr(torchvision.models, name)()
-    return build_transfer_model(backbone, ft, conn, in_chans=3, size=size, hidden=16,
-                                dropout=0.5, **IMAGENET)
+    return build_transfer_model(
+        backbone, ft, conn, in_chans=3, size=size, hidden=16, dropout=0.5, **IMAGENET
+    )
 
 
 def _data(n=24, size=64, seed=0):
@@ -41,24 +42,42 @@ def test_frozen_bits_unchanged_trainable_changed_bn_stats_fixed():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = _data()
     cfg = FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, precision="fp32", hidden=16, patience=5)
-    train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg, AugmentConfig(mode="none"),
-          select_runtime("fp32", channels_last=False))
+    train(
+        model,
+        x,
+        y,
+        np.arange(len(y)),
+        x[:8],
+        y[:8],
+        cfg,
+        AugmentConfig(mode="none"),
+        select_runtime("fp32", channels_last=False),
+    )
     after = model.state_dict()
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     for name in frozen:
         assert torch.equal(before[name], after[name]), name
     # BatchNorm running statistics of frozen modules are untouched (eval mode)
-    assert torch.equal(before["body.layer1.0.bn1.running_mean"], after["body.layer1.0.bn1.running_mean"])
-    assert not torch.equal(before["body.layer3.0.bn1.running_mean"], after["body.layer3.0.bn1.running_mean"])
-    assert not torch.equal(before["body.layer3.0.conv1.weight"], after["body.layer3.0.conv1.weight"])
+    assert torch.equal(
+        before["body.layer1.0.bn1.running_mean"], after["body.layer1.0.bn1.running_mean"]
+    )
+    assert not torch.equal(
+        before["body.layer3.0.bn1.running_mean"], after["body.layer3.0.bn1.running_mean"]
+    )
+    assert not torch.equal(
+        before["body.layer3.0.conv1.weight"], after["body.layer3.0.conv1.weight"]
+    )
     assert not torch.equal(before["head.fc2.weight"], after["head.fc2.weight"])
 
 
-@pytest.mark.parametrize("name,ft,conn", [
-    ("resnet18", "layer2", "layer3"),
-    ("vgg11", "features.10", "classifier.1"),
-    ("densenet121", "features.transition1", "features.transition2"),
-])
+@pytest.mark.parametrize(
+    "name,ft,conn",
+    [
+        ("resnet18", "layer2", "layer3"),
+        ("vgg11", "features.10", "classifier.1"),
+        ("densenet121", "features.transition1", "features.transition2"),
+    ],
+)
 def test_prefix_split_computes_the_same(name, ft, conn):
     model = _model(name, ft, conn).eval()
     prefix, suffix = split_prefix(model.body)
@@ -73,10 +92,26 @@ def test_cached_prefix_gives_the_same_losses_as_full_forwards():
     histories = []
     for cache in (True, False):
         model = _model()
-        cfg = FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, precision="fp32", hidden=16,
-                             cache_prefix=cache, patience=5)
-        result = train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg,
-                       AugmentConfig(mode="offline", copies=0), runtime)
+        cfg = FinetuneConfig(
+            epochs=2,
+            batch_size=8,
+            lr=1e-2,
+            precision="fp32",
+            hidden=16,
+            cache_prefix=cache,
+            patience=5,
+        )
+        result = train(
+            model,
+            x,
+            y,
+            np.arange(len(y)),
+            x[:8],
+            y[:8],
+            cfg,
+            AugmentConfig(mode="offline", copies=0),
+            runtime,
+        )
         assert result.used_prefix_cache is cache
         histories.append(result.history)
     for a, b in zip(*histories, strict=True):
@@ -93,13 +128,26 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     train(full, x, y, np.arange(len(y)), x[:8], y[:8], cfg, aug, runtime, tmp_path / "a")
     # "interrupted" after 2 epochs, then resumed with the 3-epoch config
     part = _model()
-    train(part, x, y, np.arange(len(y)), x[:8], y[:8], cfg.model_copy(update={"epochs": 2}), aug,
-          runtime, tmp_path / "b")
+    train(
+        part,
+        x,
+        y,
+        np.arange(len(y)),
+        x[:8],
+        y[:8],
+        cfg.model_copy(update={"epochs": 2}),
+        aug,
+        runtime,
+        tmp_path / "b",
+    )
     resumed = _model()
-    result = train(resumed, x, y, np.arange(len(y)), x[:8], y[:8], cfg, aug, runtime, tmp_path / "b")
+    result = train(
+        resumed, x, y, np.arange(len(y)), x[:8], y[:8], cfg, aug, runtime, tmp_path / "b"
+    )
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    np.testing.assert_allclose(predict_proba(full, x, runtime), predict_proba(resumed, x, runtime),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_proba(full, x, runtime), predict_proba(resumed, x, runtime), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bf16_autocast_path_trains():
@@ -107,7 +155,9 @@ def test_bf16_autocast_path_trains():
     runtime = select_runtime("bf16", channels_last=True)
     model = _model()
     cfg = FinetuneConfig(epochs=1, batch_size=8, precision="bf16", hidden=16)
-    result = train(model, x, y, np.arange(len(y)), x[:8], y[:8], cfg, AugmentConfig(mode="none"), runtime)
+    result = train(
+        model, x, y, np.arange(len(y)), x[:8], y[:8], cfg, AugmentConfig(mode="none"), runtime
+    )
     assert np.isfinite(result.history[0]["train_loss"])
     assert result.val_prob.shape == (8,)
 
@@ -133,13 +183,31 @@ def test_googlenet_deep_supervision_trains_aux_heads_and_drops_them_at_inference
     assert supervised_aux_nodes(spec, "inception4d.cat", "inception5a.cat") == ()
     torch.manual_seed(0)
     backbone = create_backbone("googlenet", "random", 3).model
-    model = build_transfer_model(backbone, "inception3b.cat", "inception4e.cat", in_chans=3,
-                                 size=64, hidden=16, dropout=0.5, aux_nodes=aux, **IMAGENET)
+    model = build_transfer_model(
+        backbone,
+        "inception3b.cat",
+        "inception4e.cat",
+        in_chans=3,
+        size=64,
+        hidden=16,
+        dropout=0.5,
+        aux_nodes=aux,
+        **IMAGENET,
+    )
     x, y = _data(16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = FinetuneConfig(epochs=1, batch_size=8, precision="fp32", hidden=16)
-    result = train(model, x, y, np.arange(len(y)), x[:4], y[:4], cfg, AugmentConfig(mode="none"),
-                   select_runtime("fp32", channels_last=False))
+    result = train(
+        model,
+        x,
+        y,
+        np.arange(len(y)),
+        x[:4],
+        y[:4],
+        cfg,
+        AugmentConfig(mode="none"),
+        select_runtime("fp32", channels_last=False),
+    )
     assert not result.used_prefix_cache
     after = model.state_dict()
     assert not torch.equal(before["aux_heads.aux0.fc2.weight"], after["aux_heads.aux0.fc2.weight"])
@@ -157,6 +225,7 @@ def test_a_checkpoint_of_another_architecture_is_ignored(tmp_path):
     cfg = FinetuneConfig(epochs=1, batch_size=8, precision="fp32", hidden=16)
     aug = AugmentConfig(mode="none")
     train(_model(conn="layer3"), x, y, np.arange(16), x[:4], y[:4], cfg, aug, runtime, tmp_path)
-    result = train(_model(conn="layer4"), x, y, np.arange(16), x[:4], y[:4], cfg, aug, runtime,
-                   tmp_path)
+    result = train(
+        _model(conn="layer4"), x, y, np.arange(16), x[:4], y[:4], cfg, aug, runtime, tmp_path
+    )
     assert [h["epoch"] for h in result.history] == [1]

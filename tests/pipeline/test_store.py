@@ -21,7 +21,9 @@ def test_key_depends_on_stage_config_and_inputs():
 
 def test_publish_writes_manifest_last_with_checksums(tmp_path):
     runner = StageRunner(ArtifactStore(tmp_path))
-    art = runner.run("s", {"a": 1}, {}, lambda out: (out / "x.txt").write_text("hi") and {"items": 1})
+    art = runner.run(
+        "s", {"a": 1}, {}, lambda out: (out / "x.txt").write_text("hi") and {"items": 1}
+    )
     manifest = json.loads((art.path / "manifest.json").read_text())
     assert set(manifest["files"]) == {"x.txt"} and manifest["items"] == 1
     assert verify(art) == []
@@ -54,6 +56,7 @@ def test_force_redoes_the_stage_and_everything_downstream(tmp_path):
         def fn(out):
             calls.append(name)
             (out / "f").write_text(name)
+
         return fn
 
     store = ArtifactStore(tmp_path)

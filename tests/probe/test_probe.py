@@ -23,8 +23,14 @@ def _features(seed=0):
 
 def test_node_choice_follows_probe_scores():
     features, y, folds = _features()
-    scores = score_nodes(features, {"a": 1, "b": 2, "c": 3}, y, folds, ProbeConfig(n_jobs=1),
-                         BalanceConfig(method="over"))
+    scores = score_nodes(
+        features,
+        {"a": 1, "b": 2, "c": 3},
+        y,
+        folds,
+        ProbeConfig(n_jobs=1),
+        BalanceConfig(method="over"),
+    )
     by_node = {s.node: s for s in scores}
     assert by_node["c"].f1_mean > by_node["b"].f1_mean > by_node["a"].f1_mean
     assert choose_finetune_node(scores).node == "c"
@@ -32,31 +38,51 @@ def test_node_choice_follows_probe_scores():
 
 
 def test_ties_go_to_the_shallower_node():
-    scores = [NodeScore("deep", 5, 4, 0.8, 0.0, ()), NodeScore("shallow", 2, 4, 0.8, 0.1, ()),
-              NodeScore("worse", 1, 4, 0.7, 0.0, ())]
+    scores = [
+        NodeScore("deep", 5, 4, 0.8, 0.0, ()),
+        NodeScore("shallow", 2, 4, 0.8, 0.1, ()),
+        NodeScore("worse", 1, 4, 0.7, 0.0, ()),
+    ]
     assert choose_finetune_node(scores).node == "shallow"
 
 
 def test_rbf_kernel_and_parallel_jobs():
     features, y, folds = _features()
-    scores = score_nodes(features, {"a": 1, "b": 2, "c": 3}, y, folds,
-                         ProbeConfig(kernel="rbf", n_jobs=2), BalanceConfig(method="none"))
+    scores = score_nodes(
+        features,
+        {"a": 1, "b": 2, "c": 3},
+        y,
+        folds,
+        ProbeConfig(kernel="rbf", n_jobs=2),
+        BalanceConfig(method="none"),
+    )
     assert choose_finetune_node(scores).node == "c"
 
 
 NODES = ["s", "l1", "l2", "l3", "l4", "big", "fc"]
-SHAPES = {"big": (512, 2, 2), "fc": (4096,), "s": (64, 32, 32), "l1": (256, 16, 16), "l2": (512, 8, 8), "l3": (1024, 4, 4), "l4": (2048, 2, 2)}
+SHAPES = {
+    "big": (512, 2, 2),
+    "fc": (4096,),
+    "s": (64, 32, 32),
+    "l1": (256, 16, 16),
+    "l2": (512, 8, 8),
+    "l3": (1024, 4, 4),
+    "l4": (2048, 2, 2),
+}
 
 
-@pytest.mark.parametrize("rule,finetune,expected", [
-    ("next", "l1", "l2"),       # the next candidate node
-    ("next", "s", "l1"),
-    ("next", "big", "fc"),
-    ("next", "fc", "fc"),       # nothing after the last node: the head attaches there
-    ("same", "l2", "l2"),
-    ("last", "l1", "fc"),
-    ("l3", "l1", "l3"),
-])
+@pytest.mark.parametrize(
+    "rule,finetune,expected",
+    [
+        ("next", "l1", "l2"),  # the next candidate node
+        ("next", "s", "l1"),
+        ("next", "big", "fc"),
+        ("next", "fc", "fc"),  # nothing after the last node: the head attaches there
+        ("same", "l2", "l2"),
+        ("last", "l1", "fc"),
+        ("l3", "l1", "l3"),
+    ],
+)
 def test_connection_rules(rule, finetune, expected):
     assert choose_connection_node(NODES, SHAPES, finetune, rule) == expected
 
@@ -79,6 +105,12 @@ def test_solver_follows_the_shape():
 
 def test_liblinear_path_agrees_on_the_best_node():
     features, y, folds = _features()
-    scores = score_nodes(features, {"a": 1, "b": 2, "c": 3}, y, folds,
-                         ProbeConfig(solver="liblinear", n_jobs=1), BalanceConfig(method="over"))
+    scores = score_nodes(
+        features,
+        {"a": 1, "b": 2, "c": 3},
+        y,
+        folds,
+        ProbeConfig(solver="liblinear", n_jobs=1),
+        BalanceConfig(method="over"),
+    )
     assert choose_finetune_node(scores).node == "c"
