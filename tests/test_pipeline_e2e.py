@@ -205,7 +205,7 @@ def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
 
     cfg = load_config(
         ROOT / "pipelines/smoke.yaml",
-        ["denoise.enabled=true", "denoise.epochs=1", "denoise.depth=4"],
+        ["denoise.enabled=true", "denoise.epochs=4", "denoise.depth=4", "denoise.sigma=0.1"],
     )
     result = run_pipeline(cfg, smoke[1], track=False)
     ran = {r.stage for r in result.runner.records if not r.reused}
