@@ -1,0 +1,339 @@
+"""Shared helpers for the benchmarks: machine description, interleaved timing, the matmul
+"hardware limit", phantom training data, and writing ``results/<name>.json``.
+
+Every benchmark runs cad and the obvious alternative in one process, interleaved
+(A, B, A, B, ...), so both see the same background load; it reports best and median.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def loadavg() -> tuple[float, float, float]:
+    one, five, fifteen = os.getloadavg()
+    return round(one, 2), round(five, 2), round(fifteen, 2)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, ISA features that matter here, library versions, date, load."""
+    import sklearn
+    import torch
+    import torchvision
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_tile" in flags,
+        "gpu": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "sklearn": sklearn.__version__,
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "loadavg_start": loadavg(),
+    }
+
+
+def under_load(load: Sequence[float], cores: int | None = None) -> bool:
+    """True when other work competed for the CPUs (1-min load above ~half the cores)."""
+    return load[0] > 0.5 * (cores or os.cpu_count() or 1)
+
+
+def write_result(name: str, data: dict[str, Any], out: Path | None = None) -> Path:
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+@dataclass
+class Timings:
+    """Wall seconds per repetition of one side of a comparison, and the CPU seconds this
+    process (all its threads, not child processes) spent in it.
+
+    Under background load the CPU time is the steadier measure of how much work a side
+    does, provided idle OpenMP threads sleep (``--omp-passive``); with libgomp's default
+    spinning it counts the spinning too.
+    """
+
+    seconds: list[float]
+    cpu: list[float]
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def cpu_best(self) -> float:
+        return min(self.cpu)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best_s": self.best, "median_s": self.median, "all_s": self.seconds,
+                "cpu_best_s": self.cpu_best, "cpu_median_s": self.cpu_median, "cpu_all_s": self.cpu}
+
+
+def interleave(
+    sides: dict[str, Callable[[], Any]], reps: int, between: Callable[[], None] | None = None
+) -> tuple[dict[str, Timings], dict[str, Any]]:
+    """Run every side once per round, ``reps`` rounds (A, B, A, B, ...).
+
+    Returns the timings and each side's output from the last round. ``between`` runs
+    (untimed) at the start of every round, e.g. to re-measure the matmul limit.
+    """
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
+    outputs: dict[str, Any] = {}
+    for _ in range(reps):
+        if between is not None:
+            between()
+        for name, fn in sides.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return {name: Timings(t, cpu[name]) for name, t in times.items()}, outputs
+
+
+class MatmulLimit:
+    """The machine's own dense throughput (GFLOP/s) in fp32 and bf16: the best seen of a
+    large square ``torch.mm`` and of a large 3x3 convolution (channels_last, inference).
+
+    That is the most efficient thing the CPU does with these numbers, the practical
+    ceiling for CNN layers (oneDNN lowers convolutions to GEMM-like kernels; in fp32 its
+    convolutions beat MKL's sgemm, hence both). Call ``measure`` between rounds so that the
+    ceiling sees the same background load as the workloads.
+    """
+
+    def __init__(self, n: int = 2048, tries: int = 3) -> None:
+        self.n, self.tries = n, tries
+        self.samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        self.cpu_samples: dict[str, list[float]] = {"fp32": [], "bf16": []}  # per CPU-second
+        self.parts: dict[str, list[float]] = {"mm_fp32": [], "mm_bf16": [], "conv_fp32": [],
+                                               "conv_bf16": []}
+
+    def _best(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        """Best wall seconds and best CPU seconds of ``tries`` calls."""
+        fn()  # warm-up: thread pool, kernel selection, weight reorders
+        best, cpu_best = float("inf"), float("inf")
+        for _ in range(self.tries):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            best = min(best, time.perf_counter() - start)
+            cpu_best = min(cpu_best, time.process_time() - cpu_start)
+        return best, max(cpu_best, 1e-9)
+
+    def measure(self) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a = torch.randn(self.n, self.n, generator=gen).to(dtype)
+            b = torch.randn(self.n, self.n, generator=gen).to(dtype)
+            mm_flops = 2 * self.n**3
+            mm_wall, mm_cpu = self._best(lambda a=a, b=b: torch.mm(a, b))
+            conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+            conv = conv.to(dtype).to(memory_format=torch.channels_last)
+            x = torch.randn(32, 256, 24, 24, generator=gen).to(dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                flops = 2 * 32 * 24 * 24 * 256 * 256 * 9
+                cv_wall, cv_cpu = self._best(lambda conv=conv, x=x: conv(x))
+            mm, cv = mm_flops / mm_wall / 1e9, flops / cv_wall / 1e9
+            self.parts[f"mm_{label}"].append(mm)
+            self.parts[f"conv_{label}"].append(cv)
+            self.samples[label].append(max(mm, cv))
+            self.cpu_samples[label].append(max(mm_flops / mm_cpu, flops / cv_cpu) / 1e9)
+
+    def best(self, label: str) -> float:
+        if not self.samples[label]:
+            self.measure()
+        return max(self.samples[label])
+
+    def best_per_cpu_s(self, label: str) -> float:
+        """GFLOP per CPU-second (per core busy): the ceiling for CPU-time throughput."""
+        if not self.cpu_samples[label]:
+            self.measure()
+        return max(self.cpu_samples[label])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mm_n": self.n,
+                **{f"{k}_gflops_best": max(v) for k, v in self.samples.items() if v},
+                **{f"{k}_gflop_per_cpu_s_best": max(v) for k, v in self.cpu_samples.items() if v},
+                **{f"{k}_gflops_best": max(v) for k, v in self.parts.items() if v},
+                **{f"{k}_gflops_all": v for k, v in self.parts.items()}}
+
+
+@dataclass
+class PhantomTrainingSet:
+    """The training split after the data stages: what ``extract``/``probe`` see."""
+
+    images: np.ndarray  # (N, C, H, W) float32
+    labels: np.ndarray  # (N,) int64
+    folds: np.ndarray  # (N,) patient fold of each sample
+    order: np.ndarray  # resampled training order (what fine-tuning iterates)
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    config: Any  # the PipelineConfig used
+    key: str  # the augment artifact's content key: names caches derived from these data
+
+
+def phantom_training_set(
+    pipeline: str | Path, overrides: Sequence[str], workdir: Path
+) -> PhantomTrainingSet:
+    """Run only the data stages (phantom -> manifest -> ingest -> split -> augment) of
+    ``pipeline`` with ``--set``-style ``overrides`` in ``workdir`` and load the training
+    split the way the probe and finetune stages do. Finished stages are reused."""
+    from cad.config import load_config
+    from cad.data.samples import column, read_samples
+    from cad.phi import load_secret
+    from cad.pipeline import data_stages as ds
+    from cad.pipeline.runner import StageRunner
+    from cad.pipeline.store import ArtifactStore
+
+    cfg = load_config(pipeline, list(overrides))
+    workdir.mkdir(parents=True, exist_ok=True)
+    secret = load_secret(workdir)
+    runner = StageRunner(ArtifactStore(workdir / "artifacts"))
+    phantom = runner.run("phantom", cfg.section("data")["phantom"], {},
+                         lambda out: ds.phantom_stage(out, cfg))
+    made = runner.run("manifest", {"margin": cfg.data.margin}, {"phantom": phantom},
+                      lambda out: ds.phantom_manifest_stage(out, phantom, cfg.data.margin))
+    manifest, root = made.file("manifest.csv"), phantom.path / "dicom"
+    ingest = runner.run("ingest", {"input": cfg.section("input"), "manifest": "phantom"},
+                        {"manifest": made},
+                        lambda out: ds.ingest_stage(out, manifest, root, cfg, secret))
+    split = runner.run("split", cfg.section("split"), {"ingest": ingest},
+                       lambda out: ds.split_stage(out, ingest, cfg))
+    augment = runner.run("augment", {"balance": cfg.section("balance"),
+                                     "augment": cfg.section("augment")},
+                         {"ingest": ingest, "split": split},
+                         lambda out: ds.augment_stage(out, ingest, split, cfg))
+    samples = read_samples(augment.file("train_samples.csv"))
+    folds_by_patient = split.read_json("splits.json")["folds"]
+    all_images = np.load(ingest.file("images.npy"), mmap_mode="r")
+    all_labels = column(read_samples(ingest.file("samples.csv")), "label").astype(np.int64)
+    val_idx = ds.split_indices(ingest, split, "val")
+    return PhantomTrainingSet(
+        images=np.ascontiguousarray(np.load(augment.file("train_images.npy")), dtype=np.float32),
+        labels=column(samples, "label").astype(np.int64),
+        folds=np.array([folds_by_patient[p] for p in column(samples, "patient")]),
+        order=np.load(augment.file("order.npy")),
+        val_images=np.ascontiguousarray(all_images[val_idx], dtype=np.float32),
+        val_labels=all_labels[val_idx],
+        config=cfg,
+        key=augment.key,
+    )
+
+
+def pipeline_input_size(pipeline: str | Path = ROOT / "pipelines" / "breast_mri.yaml") -> int:
+    """The input size the main pipeline uses (``input.size``), the benchmarks' default."""
+    from cad.config import load_config
+
+    return load_config(pipeline).input.size
+
+
+def cache_dir(name: str) -> Path:
+    """A reusable scratch directory (phantom data survive between benchmark runs)."""
+    base = Path(os.environ.get("CAD_BENCH_CACHE", Path.home() / ".cache" / "cad-bench"))
+    path = base / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+def early_env(argv: Sequence[str]) -> None:
+    """Apply ``--omp-passive`` before torch is imported (libgomp reads its environment when
+    it is loaded): OMP_WAIT_POLICY=PASSIVE makes idle OpenMP threads sleep instead of spin,
+    which matters when other processes share the cores. A ``compile`` variant gets a fresh
+    inductor cache directory (set TORCHINDUCTOR_CACHE_DIR to measure a warm cache)."""
+    if "--omp-passive" in argv:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if any("compile" in arg for arg in argv) and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        import tempfile  # a cold inductor cache: report what a first compile really costs
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cad-bench-inductor-")
+
+
+def setup_threads(threads: int | None) -> dict[str, Any]:
+    """Set torch's intra-op threads (None: leave the default) and describe the setup."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return {"torch_threads": torch.get_num_threads(),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def add_common_args(parser: Any) -> None:
+    parser.add_argument("--quick", action="store_true", help="small version (~1-2 min)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both sides (default: torch's, = cores)")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE for both sides (set before torch loads)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
+
+
+def load_note(start: Sequence[float], end: Sequence[float]) -> str:
+    note = f"load average {tuple(start)} -> {tuple(end)} on {os.cpu_count()} cores"
+    if under_load(start) or under_load(end):
+        note += "  (UNDER LOAD: other processes shared the CPUs; compare ratios, not absolutes)"
+    return note

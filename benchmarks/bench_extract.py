@@ -1,0 +1,363 @@
+"""Feature extraction at every candidate node: cad vs the obvious fp32 script.
+
+For VGG16, InceptionV3 and ResNet50 (random weights) on the phantom's training images
+(the data stages of ``pipelines/smoke.yaml`` at ``--size``), one process, interleaved
+rounds (cad, fp32, cad, fp32, ...):
+
+- cad: ``cad.features.extract.extract_features`` with ``select_runtime("auto")``
+  (bf16 autocast + channels_last + inference_mode on a CPU with AVX-512 BF16);
+- fp32: what a user would write: torchvision ``create_feature_extractor``, fp32, a
+  ``DataLoader`` over a ``TensorDataset``, ``torch.no_grad``, ``adaptive_avg_pool2d`` per node.
+
+Reports images/s (best and median of the rounds), achieved GFLOP/s (FLOPs of one forward
+counted with ``FlopCounterMode``) against the machine's own GEMM GFLOP/s measured in the
+same rounds (the best of a 2048^2 ``torch.mm`` and a 256-channel 3x3 convolution, in bf16
+and fp32: the practical ceiling), and the probe F1 of every node from both feature sets
+(``cad.probe.svm.score_nodes`` with the pipeline's patient folds): the max |dF1| must stay
+within 0.01. Both sides trace the network (``create_feature_extractor``) inside the timed
+pass, as cad does once per extract stage; the trace time is reported separately.
+
+Data: by default the data stages of ``pipelines/smoke.yaml`` with 16 patients and one
+augmented copy (~200 images; quick: 10 patients, no copies, ~64 images). ``--pipeline
+pipelines/breast_mri.yaml --reps 1`` uses the main pipeline's data as-is (~1,700 images;
+slow, but its F1 comparison has the pipeline's statistical resolution).
+
+``--variants`` adds prototypes of proposed changes to the same rounds (see the README);
+a variant is ``+``-joined tokens applied to cad's path:
+``fused``   conv+BatchNorm folded, the module cast to bf16 once (no per-call autocast
+            weight casts);
+``bNN``     batch size NN (cad's default is extract.batch_size = 32);
+``nocl``    without channels_last;
+``compile`` ``torch.compile`` (inductor, freezing) of the fused bf16 module, batches padded
+            to one shape; the one-off compile time is reported apart, the rounds time the
+            steady state;
+``fp32cl``  (alone) the fp32 script with channels_last.
+e.g. ``--variants fused,nocl+b64,compile``.
+
+    .venv/bin/python benchmarks/bench_extract.py [--quick] [--size 96|224] [--reps 3]
+        [--pipeline pipelines/breast_mri.yaml]
+        [--backbones vgg16,inception_v3,resnet50] [--variants fused,b64,nocl+b64,fp32cl]
+        [--threads N] [--omp-passive]
+
+Writes ``benchmarks/results/bench_extract.json`` (``_quick`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import early_env  # noqa: E402
+
+early_env(sys.argv)
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    MatmulLimit,
+    add_common_args,
+    cache_dir,
+    interleave,
+    load_note,
+    loadavg,
+    machine_info,
+    phantom_training_set,
+    pipeline_input_size,
+    setup_threads,
+    under_load,
+    write_result,
+)
+from torch import nn  # noqa: E402
+from torch.fx.experimental.optimization import fuse  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
+
+from cad.backbones import create_backbone, get_spec  # noqa: E402
+from cad.device import Runtime, describe, select_runtime  # noqa: E402
+from cad.features.extract import extract_features, multi_node_extractor, pool  # noqa: E402
+from cad.finetune.model import Normalize  # noqa: E402
+from cad.probe.svm import choose_finetune_node, score_nodes  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train mode.*")
+BACKBONES = ("vgg16", "inception_v3", "resnet50")
+Features = dict[str, np.ndarray]
+
+
+def fp32_script(model: nn.Module, nodes: Sequence[str], images: np.ndarray, normalize: nn.Module,
+                batch_size: int, channels_last: bool = False) -> Features:
+    """The obvious script: torchvision feature extractor, fp32, DataLoader, no_grad."""
+    extractor = create_feature_extractor(model.eval(), return_nodes=list(nodes)).eval()
+    if channels_last:
+        extractor = extractor.to(memory_format=torch.channels_last)
+    loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size)
+    out: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
+    with torch.no_grad():
+        for (x,) in loader:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            features = extractor(normalize(x))
+            for n in nodes:
+                t = features[n]
+                pooled = nn.functional.adaptive_avg_pool2d(t, 1).flatten(1) if t.dim() == 4 else t
+                out[n].append(pooled.numpy())
+    return {n: np.concatenate(parts) for n, parts in out.items()}
+
+
+def fold_batchnorm(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Fold every eval-mode BatchNorm that directly follows a conv into that conv."""
+    module = copy.deepcopy(module).eval()  # deepcopy of a GraphModule resets .training
+    return fuse(module, inplace=True, no_trace=True)
+
+
+@torch.inference_mode()
+def fused_bf16(model: nn.Module, nodes: Sequence[str], images: np.ndarray, normalize: Normalize,
+               runtime: Runtime, batch_size: int) -> Features:
+    """Prototype of the proposed extract_features: BN folded into convs, the whole module
+    cast to bf16 once (no autocast, so no per-call weight casts), channels_last."""
+    extractor = nn.Sequential(normalize, fold_batchnorm(multi_node_extractor(model, nodes)))
+    dtype = runtime.amp_dtype or torch.float32
+    extractor = runtime.prepare(extractor.to(dtype)).eval()
+    out: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
+    for start in range(0, len(images), batch_size):
+        batch = runtime.batch(torch.from_numpy(images[start : start + batch_size]).to(dtype))
+        features = extractor(batch)
+        for n in nodes:
+            out[n].append(pool(features[n], ("avg",)).numpy())
+    return {n: np.concatenate(parts) for n, parts in out.items()}
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compiled_extractor(model: nn.Module, nodes: Sequence[str], normalize: Normalize,
+                       runtime: Runtime, batch_size: int, shape: Sequence[int]) -> Callable:
+    """Prototype: the fused bf16 extractor through torch.compile (inductor with freezing:
+    weights become constants, conv+BN+ReLU/add fuse into oneDNN post-ops). Compiled and
+    warmed up here, at one batch shape."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    dtype = runtime.amp_dtype or torch.float32
+    extractor = nn.Sequential(normalize, fold_batchnorm(multi_node_extractor(model, nodes)))
+    extractor = runtime.prepare(extractor.to(dtype)).eval()
+    compiled = torch.compile(extractor, dynamic=False)
+
+    @torch.inference_mode()
+    def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return compiled(runtime.batch(batch.to(dtype)))
+
+    run(torch.zeros(batch_size, *shape))
+    return run
+
+
+def run_padded(fn: Callable, nodes: Sequence[str], images: np.ndarray, batch_size: int) -> Features:
+    """Feed ``fn`` fixed-size batches (the last one zero-padded) and pool every node."""
+    out: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(images[start : start + batch_size])
+        real = len(chunk)
+        if real < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros(batch_size - real, *chunk.shape[1:])])
+        features = fn(chunk)
+        for n in nodes:
+            out[n].append(pool(features[n][:real], ("avg",)).numpy())
+    return {n: np.concatenate(parts) for n, parts in out.items()}
+
+
+def forward_flops(model: nn.Module, nodes: Sequence[str], size: int, in_chans: int) -> float:
+    """FLOPs of one image through the multi-node extractor (2 per multiply-add)."""
+    extractor = create_feature_extractor(model.eval(), return_nodes=list(nodes)).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        extractor(torch.zeros(1, in_chans, size, size))
+    return float(counter.get_total_flops())
+
+
+def f1_by_node(features: Features, nodes: Sequence[str], depths: dict[str, int], data) -> dict:
+    scores = score_nodes({n: features[n] for n in nodes}, depths, data.labels, data.folds,
+                         data.config.probe, data.config.balance)
+    best = choose_finetune_node(scores)
+    return {"f1": {s.node: s.f1_mean for s in scores}, "chosen": best.node}
+
+
+def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence[str]) -> dict:
+    spec = get_spec(name)
+    nodes = list(spec.nodes)
+    in_chans = data.images.shape[1]
+    torch.manual_seed(0)
+    model = create_backbone(name, "random", in_chans).model.eval()
+    normalize = Normalize(spec.mean, spec.std, in_chans)
+    runtime = select_runtime("auto")
+    images, bs = data.images, args.batch_size
+    sides: dict[str, Callable[[], Features]] = {
+        "cad": lambda: extract_features(model, nodes, images, normalize, runtime, bs),
+        "fp32": lambda: fp32_script(model, nodes, images, normalize, bs),
+    }
+    compile_s = {}
+    for variant in variants:
+        if variant == "fp32cl":
+            sides[variant] = lambda: fp32_script(model, nodes, images, normalize, bs, True)
+            continue
+        tokens = set(variant.split("+"))
+        vbs = next((int(t[1:]) for t in tokens if t[0] == "b" and t[1:].isdigit()), bs)
+        vrt = Runtime(runtime.device, runtime.amp_dtype, "nocl" not in tokens)
+        if "compile" in tokens:
+            start = time.perf_counter()
+            fn = compiled_extractor(model, nodes, normalize, vrt, vbs, images.shape[1:])
+            compile_s[variant] = time.perf_counter() - start
+            sides[variant] = lambda fn=fn, vbs=vbs: run_padded(fn, nodes, images, vbs)
+        elif "fused" in tokens:
+            sides[variant] = lambda vrt=vrt, vbs=vbs: fused_bf16(model, nodes, images, normalize,
+                                                                 vrt, vbs)
+        else:
+            sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(model, nodes, images,
+                                                                       normalize, vrt, vbs)
+
+    flops = forward_flops(model, nodes, images.shape[-1], in_chans)
+    trace_s = min(_time(lambda: multi_node_extractor(model, nodes)) for _ in range(2))
+    times, outputs = interleave(sides, args.reps, between=limit.measure)
+    n = len(images)
+    result: dict = {"nodes": nodes, "images": n, "gflop_per_image": flops / 1e9,
+                    "trace_s": trace_s, "compile_s": compile_s, "sides": {}}
+    for side, t in times.items():
+        ips_best, ips_median = n / t.best, n / t.median
+        precision = "fp32" if side.startswith("fp32") else "bf16"
+        gflops = flops * ips_best / 1e9
+        per_cpu = flops * n / t.cpu_best / 1e9
+        result["sides"][side] = {**t.as_dict(), "images_per_s_best": ips_best,
+                                 "images_per_s_median": ips_median, "gflops_best": gflops,
+                                 "pct_of_limit": 100 * gflops / limit.best(precision),
+                                 "images_per_cpu_s_best": n / t.cpu_best,
+                                 "gflop_per_cpu_s_best": per_cpu,
+                                 "pct_of_limit_cpu":
+                                     100 * per_cpu / limit.best_per_cpu_s(precision)}
+    fp32 = result["sides"]["fp32"]
+    for row in result["sides"].values():
+        row["speedup_vs_fp32_best"] = row["images_per_s_best"] / fp32["images_per_s_best"]
+        row["speedup_vs_fp32_median"] = row["images_per_s_median"] / fp32["images_per_s_median"]
+        row["speedup_vs_fp32_cpu"] = fp32["cpu_best_s"] / row["cpu_best_s"]
+    if not args.no_f1:
+        depths = dict(zip(spec.nodes, spec.node_depths, strict=True))
+        probe = {side: f1_by_node(outputs[side], nodes, depths, data) for side in outputs}
+        ref = probe["fp32"]["f1"]
+        for side, p in probe.items():
+            p["max_abs_df1_vs_fp32"] = max(abs(p["f1"][n] - ref[n]) for n in nodes)
+            p["same_choice_as_fp32"] = p["chosen"] == probe["fp32"]["chosen"]
+            p["max_rel_feature_err"] = max(
+                float(np.abs(outputs[side][n] - outputs["fp32"][n]).max()
+                      / (np.abs(outputs["fp32"][n]).max() + 1e-12)) for n in nodes)
+        result["probe"] = probe
+    return result
+
+
+def print_backbone(name: str, r: dict) -> None:
+    print(f"\n{name}: {r['images']} images, {r['gflop_per_image']:.2f} GFLOP/image, "
+          f"graph trace {r['trace_s']:.2f} s (inside each timed pass)")
+    for variant, seconds in r["compile_s"].items():
+        print(f"  {variant}: one-off compile {seconds:.1f} s (not in the rounds below)")
+    print(f"  {'side':<12} {'img/s best':>10} {'median':>8} {'GFLOP/s':>8} {'% limit':>8} "
+          f"{'x fp32':>7} {'(median)':>8} {'(cpu)':>6} {'%lim cpu':>8} {'max|dF1|':>9} "
+          f"{'chosen node':>18}")
+    for side, row in r["sides"].items():
+        p = r.get("probe", {}).get(side, {})
+        df1 = f"{p['max_abs_df1_vs_fp32']:.4f}" if p else "-"
+        print(f"  {side:<12} {row['images_per_s_best']:>10.1f} {row['images_per_s_median']:>8.1f} "
+              f"{row['gflops_best']:>8.1f} {row['pct_of_limit']:>7.0f}% "
+              f"{row['speedup_vs_fp32_best']:>6.2f}x {row['speedup_vs_fp32_median']:>7.2f}x "
+              f"{row['speedup_vs_fp32_cpu']:>5.2f}x {row['pct_of_limit_cpu']:>7.0f}% "
+              f"{df1:>9} {p.get('chosen', '-'):>18}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size (default: breast_mri.yaml's input.size; e.g. 224)")
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--batch-size", type=int, default=32, help="as extract.batch_size")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved rounds (3; quick 2)")
+    parser.add_argument("--pipeline", type=Path, default=None,
+                        help="take the data of this pipeline as-is (default: a small smoke.yaml)")
+    parser.add_argument("--patients", type=int, default=None, help="phantom patients (16/10)")
+    parser.add_argument("--copies", type=int, default=None, help="augmented copies (1; quick 0)")
+    parser.add_argument("--variants", default="",
+                        help="comma list, e.g. fused,b64,nocl,nocl+b64,compile,fp32cl")
+    parser.add_argument("--no-f1", action="store_true", help="skip the probe F1 agreement check")
+    args = parser.parse_args()
+    args.reps = args.reps or (2 if args.quick else 3)
+    args.size = args.size or pipeline_input_size()
+    patients = args.patients or (10 if args.quick else 16)
+    copies = args.copies if args.copies is not None else (0 if args.quick else 1)
+    variants = [v for v in args.variants.split(",") if v]
+
+    machine = machine_info()
+    threads = setup_threads(args.threads)
+    runtime = select_runtime("auto")
+    if args.pipeline is None:
+        pipeline = ROOT / "pipelines" / "smoke.yaml"
+        overrides = [f"input.size={args.size}", f"data.phantom.patients={patients}",
+                     f"augment.copies={copies}", "probe.n_jobs=1"]
+        workdir = cache_dir(f"extract-{args.size}-{patients}-{copies}")
+    else:
+        pipeline = args.pipeline.resolve()
+        overrides = [f"input.size={args.size}", "probe.n_jobs=1"]
+        workdir = cache_dir(f"data-{pipeline.stem}")
+    print(f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
+          f"threads {threads}; cad runtime: {describe(runtime)}")
+    print(f"phantom data ({pipeline.name} + {overrides}) in {workdir}", flush=True)
+    data = phantom_training_set(pipeline, overrides, workdir)
+    print(f"{len(data.images)} training images {data.images.shape[1:]}, "
+          f"{int(data.labels.sum())} positive, folds {sorted(set(data.folds.tolist()))}",
+          flush=True)
+
+    limit = MatmulLimit()
+    results = {}
+    for name in args.backbones.split(","):
+        results[name] = bench_backbone(name, data, args, limit, variants)
+        print_backbone(name, results[name])
+        print(f"  limit so far: bf16 {limit.best('bf16'):.0f}, fp32 {limit.best('fp32'):.0f} "
+              f"GFLOP/s; load {loadavg()}", flush=True)
+
+    end = loadavg()
+    print(f"\nhardware limit (best torch.mm {limit.n}^2 / 3x3 conv seen in the rounds): bf16 "
+          f"{limit.best('bf16'):.0f} GFLOP/s, fp32 {limit.best('fp32'):.0f} GFLOP/s; per CPU-"
+          f"second: bf16 {limit.best_per_cpu_s('bf16'):.0f}, "
+          f"fp32 {limit.best_per_cpu_s('fp32'):.0f}")
+    print("targets: cad >= 2.5x fp32, >= 60% of the bf16 limit, max|dF1| <= 0.01")
+    for name, r in results.items():
+        cad = r["sides"]["cad"]
+        df1 = r.get("probe", {}).get("cad", {}).get("max_abs_df1_vs_fp32", float("nan"))
+        print(f"  {name:<13} cad/fp32 {cad['speedup_vs_fp32_best']:.2f}x (median "
+              f"{cad['speedup_vs_fp32_median']:.2f}x, CPU time {cad['speedup_vs_fp32_cpu']:.2f}x), "
+              f"{cad['pct_of_limit']:.0f}% of limit ({cad['pct_of_limit_cpu']:.0f}% per CPU-s), "
+              f"max|dF1| {df1:.4f}")
+    print(load_note(machine["loadavg_start"], end))
+    name = "bench_extract_quick" if args.quick else "bench_extract"
+    path = write_result(name, {
+        "benchmark": name, "machine": machine, "threads": threads,
+        "runtime": describe(runtime),
+        "config": {"size": args.size, "batch_size": args.batch_size, "reps": args.reps,
+                   "pipeline": pipeline.name, "overrides": overrides, "images": len(data.images),
+                   "positives": int(data.labels.sum()), "folds": len(set(data.folds.tolist())),
+                   "variants": variants},
+        "limit": limit.as_dict(), "backbones": results, "loadavg_end": end,
+        "under_load": under_load(machine["loadavg_start"]) or under_load(end),
+    }, args.out or RESULTS / f"{name}.json")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
