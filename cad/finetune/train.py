@@ -143,7 +143,7 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices."""
     model = runtime.prepare(model)
-    online = augment.mode == "online" and augment.copies >= 0 and augment.mode != "none"
+    online = augment.mode == "online"
     supervised = len(model.aux_heads) > 0  # deep supervision needs the full forward
     halves = (
         split_prefix(model.body) if cfg.cache_prefix and not online and not supervised else None
