@@ -31,8 +31,10 @@ a variant is ``+``-joined tokens applied to cad's path:
 ``compile`` ``torch.compile`` (inductor, freezing) of the fused bf16 module, batches padded
             to one shape; the one-off compile time is reported apart, the rounds time the
             steady state;
-``fp32cl``  (alone) the fp32 script with channels_last.
-e.g. ``--variants fused,nocl+b64,compile``.
+``tN``      N torch threads for this side (e.g. ``t1``);
+``fp32cl``  (alone) the fp32 script with channels_last; ``fp32+tN`` the fp32 script on N
+            threads.
+e.g. ``--variants fused,nocl+b64,compile,t1,fp32+t1``.
 
     .venv/bin/python benchmarks/bench_extract.py [--quick] [--size 96|224] [--reps 3]
         [--pipeline pipelines/breast_mri.yaml]
@@ -142,6 +144,22 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def with_threads(n: int | None, fn: Callable) -> Callable:
+    """``fn`` run with ``n`` torch intra-op threads (None: unchanged)."""
+    if n is None:
+        return fn
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def compiled_extractor(model: nn.Module, nodes: Sequence[str], normalize: Normalize,
                        runtime: Runtime, batch_size: int, shape: Sequence[int]) -> Callable:
     """Prototype: the fused bf16 extractor through torch.compile (inductor with freezing:
@@ -208,10 +226,15 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
     }
     compile_s = {}
     for variant in variants:
+        tokens = set(variant.split("+"))
+        threads = next((int(t[1:]) for t in tokens if t[0] == "t" and t[1:].isdigit()), None)
         if variant == "fp32cl":
             sides[variant] = lambda: fp32_script(model, nodes, images, normalize, bs, True)
             continue
-        tokens = set(variant.split("+"))
+        if "fp32" in tokens:
+            sides[variant] = with_threads(threads, lambda: fp32_script(model, nodes, images,
+                                                                       normalize, bs))
+            continue
         vbs = next((int(t[1:]) for t in tokens if t[0] == "b" and t[1:].isdigit()), bs)
         vrt = Runtime(runtime.device, runtime.amp_dtype, "nocl" not in tokens)
         if "compile" in tokens:
@@ -225,6 +248,7 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
         else:
             sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(model, nodes, images,
                                                                        normalize, vrt, vbs)
+        sides[variant] = with_threads(threads, sides[variant])
 
     flops = forward_flops(model, nodes, images.shape[-1], in_chans)
     trace_s = min(_time(lambda: multi_node_extractor(model, nodes)) for _ in range(2))

@@ -186,15 +186,34 @@ def loss_check(base: TransferModel, data, cfg: FinetuneConfig, steps: int = 3) -
             "fp32_cached_epoch_s": cached["epoch_s"][0], "fp32_full_epoch_s": full["epoch_s"][0]}
 
 
+def with_threads(n: int, fn):
+    """``fn`` run with ``n`` torch intra-op threads (restored afterwards)."""
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def bench_case(name: str, data, args) -> dict:
     in_chans, size = data.images.shape[1], data.images.shape[-1]
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=256, dropout=0.5,
                          patience=args.epochs + 1, cache_prefix=True, precision="auto", seed=0)
     base = transfer_model(name, in_chans, size, cfg.hidden, cfg.dropout)
-    runs: dict[str, list[dict]] = {"cad": [], "plain": []}
+    sides = {"cad": lambda: run_cad(copy.deepcopy(base), data, cfg),
+             "plain": lambda: run_plain(copy.deepcopy(base), data, cfg)}
+    for n in args.thread_variants:  # the same two sides with n torch threads
+        sides[f"cad_t{n}"] = with_threads(n, sides["cad"])
+        sides[f"plain_t{n}"] = with_threads(n, sides["plain"])
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.reps):  # interleaved: cad, plain, cad, plain, ...
-        runs["cad"].append(run_cad(copy.deepcopy(base), data, cfg))
-        runs["plain"].append(run_plain(copy.deepcopy(base), data, cfg))
+        for side, fn in sides.items():
+            runs[side].append(fn())
     out: dict = {"finetune_node": CASES[name][0], "connection_node": CASES[name][1],
                  "images_per_epoch": len(data.order), "epochs": cfg.epochs,
                  "trainable_params": sum(p.numel() for p in base.trainable_parameters()),
@@ -212,6 +231,11 @@ def bench_case(name: str, data, args) -> dict:
     out["ratio_epoch_median"] = out["plain"]["epoch_s_median"] / out["cad"]["epoch_s_median"]
     out["ratio_total_best"] = out["plain"]["total_s_best"] / out["cad"]["total_s_best"]
     out["ratio_epoch_cpu"] = out["plain"]["epoch_cpu_s_median"] / out["cad"]["epoch_cpu_s_median"]
+    for n in args.thread_variants:
+        cad_n, plain_n = out[f"cad_t{n}"], out[f"plain_t{n}"]
+        out[f"t{n}"] = {"ratio_epoch_median": plain_n["epoch_s_median"] / cad_n["epoch_s_median"],
+                        "cad_speedup_vs_default_threads":
+                            out["cad"]["epoch_s_median"] / cad_n["epoch_s_median"]}
     if not args.no_loss_check:
         out["loss_check"] = loss_check(base, data, cfg)
     return out
@@ -229,9 +253,12 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (1; quick 0)")
     parser.add_argument("--backbones", default=",".join(CASES))
     parser.add_argument("--no-loss-check", action="store_true")
+    parser.add_argument("--thread-variants", default="",
+                        help="comma list of thread counts to add as extra interleaved sides")
     args = parser.parse_args()
     args.epochs = args.epochs or (2 if args.quick else 5)
     args.size = args.size or pipeline_input_size()
+    args.thread_variants = [int(n) for n in args.thread_variants.split(",") if n]
     args.reps = args.reps or (1 if args.quick else 2)
     patients = args.patients or (10 if args.quick else 16)
     copies = args.copies if args.copies is not None else (0 if args.quick else 1)
@@ -261,6 +288,12 @@ def main() -> None:
         print(f"  per epoch: {r['ratio_epoch_best']:.2f}x (best) {r['ratio_epoch_median']:.2f}x "
               f"(median), {r['ratio_epoch_cpu']:.2f}x (CPU time, median); total over "
               f"{r['epochs']} epochs: {r['ratio_total_best']:.2f}x")
+        for n in args.thread_variants:
+            cn, pn = r[f"cad_t{n}"], r[f"plain_t{n}"]
+            print(f"  with {n} thread(s): cad epoch median {cn['epoch_s_median']:.2f} s, plain "
+                  f"{pn['epoch_s_median']:.2f} s: {r[f't{n}']['ratio_epoch_median']:.2f}x; cad "
+                  f"{r[f't{n}']['cad_speedup_vs_default_threads']:.2f}x faster than with default "
+                  "threads")
         if "loss_check" in r:
             lc = r["loss_check"]
             print(f"  fp32 first-epoch loss cached {lc['loss_cached']:.6f} vs full "
