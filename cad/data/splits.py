@@ -2,6 +2,10 @@
 
 Patients never straddle splits: everything here works on patient keys, and a patient's
 label for stratification is whether any of its samples is positive.
+
+Patients are taken in the order they first appear in the sample table (which is manifest
+order), never sorted by key: keys are keyed pseudonyms, so sorting by them would make the
+split depend on the workdir's secret rather than on the data and the seed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ log = logging.getLogger("cad.data")
 
 
 def patient_labels(patients: Sequence[str], labels: Sequence[int]) -> dict[str, int]:
+    """Patient -> 1 if any of its samples is positive, in order of first appearance."""
     out: dict[str, int] = {}
     for patient, label in zip(patients, labels, strict=True):
         out[patient] = max(out.get(patient, 0), int(label))
@@ -32,7 +37,8 @@ def _split(keys: list[str], strata: list[int], share: float, seed: int) -> tuple
     if stratify is None:
         log.warning("too few patients per class to stratify a split; splitting at random")
     rest, held = train_test_split(keys, test_size=share, random_state=seed, stratify=stratify)
-    return sorted(rest), sorted(held)
+    order = {key: i for i, key in enumerate(keys)}
+    return sorted(rest, key=order.get), sorted(held, key=order.get)
 
 
 def split_patients(
@@ -40,7 +46,7 @@ def split_patients(
 ) -> dict[str, list[str]]:
     """Seeded, stratified split of patients into train / val / test key lists."""
     per_patient = patient_labels(patients, labels)
-    keys = sorted(per_patient)
+    keys = list(per_patient)  # first-appearance order, see the module docstring
     if len(keys) < 6:
         raise DataError(
             f"{len(keys)} patients are too few to split into train/val/test; need at least 6 "
@@ -57,10 +63,14 @@ def assign_folds(
 ) -> dict[str, int]:
     """Patient -> CV fold inside the training split (grouped by patient, stratified)."""
     patients = np.asarray(patients)
+    # groups numbered by first appearance: sklearn orders groups by value, and the keys'
+    # values depend on the secret
+    first_seen = {key: i for i, key in enumerate(dict.fromkeys(patients.tolist()))}
+    groups = np.array([first_seen[p] for p in patients.tolist()])
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds: dict[str, int] = {}
-    for fold, (_, test_idx) in enumerate(cv.split(patients, np.asarray(labels), patients)):
-        for patient in np.unique(patients[test_idx]):
+    for fold, (_, test_idx) in enumerate(cv.split(patients, np.asarray(labels), groups)):
+        for patient in dict.fromkeys(patients[test_idx].tolist()):
             folds[str(patient)] = fold
     return folds
 

@@ -84,3 +84,22 @@ def test_offline_augmentation_is_deterministic_and_keeps_originals():
     assert not np.allclose(a[5:10], images)
     c, _ = augment_offline(images, cfg.model_copy(update={"seed": 1}))
     assert not np.array_equal(a[5:], c[5:])
+
+
+def test_split_and_folds_do_not_depend_on_the_pseudonym_secret():
+    """Two workdirs (two secrets) give the same patients the same split and fold."""
+    from cad.phi import Pseudonymizer
+
+    patients, labels = _samples()
+    results = []
+    for secret in (b"a" * 32, b"b" * 32):
+        pseudo = Pseudonymizer(secret)
+        keys = np.array([pseudo.patient(p) for p in patients])
+        back = {pseudo.patient(p): p for p in set(patients)}
+        splits = split_patients(keys, labels, SplitConfig(seed=3))
+        train = np.isin(keys, splits["train"])
+        folds = assign_folds(keys[train], labels[train], 3, 3)
+        results.append(({name: sorted(back[k] for k in ks) for name, ks in splits.items()},
+                        {back[k]: f for k, f in folds.items()}))
+    assert sorted(back.values()) != sorted(back)  # keys really differ from the raw IDs
+    assert results[0] == results[1]
