@@ -34,8 +34,13 @@ class Runtime:
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         module = module.to(self.device)
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+        if self.channels_last:  # per layer: 3-D convolutions (HybridSN) take the 3-D layout
+            for layer in module.modules():
+                ranks = {p.dim() for p in layer.parameters(recurse=False)}
+                if 5 in ranks:
+                    layer.to(memory_format=torch.channels_last_3d)
+                elif 4 in ranks:
+                    layer.to(memory_format=torch.channels_last)
         return module
 
     def batch(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""The frozen inference copy used by extraction: same features, backbone untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cad.backbones import get_spec
+from cad.device import Runtime
+from cad.features.extract import extract_features, inference_module, multi_node_extractor
+from cad.finetune.model import Normalize
+
+CPU = torch.device("cpu")
+FP32 = Runtime(CPU, None, channels_last=True)
+BF16 = Runtime(CPU, torch.bfloat16, channels_last=True)
+
+
+def _reference(model, nodes, images, normalize) -> dict[str, np.ndarray]:
+    """The plain fp32 forward (no folding, no casting), globally average-pooled."""
+    extractor = multi_node_extractor(model, nodes)
+    with torch.no_grad():
+        feats = extractor(normalize(torch.from_numpy(images)))
+    return {n: (t.flatten(2).mean(2) if t.dim() > 2 else t).numpy() for n, t in feats.items()}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "densenet121", "mobilenet_v2",
+                                  "googlenet", "hybridsn"])
+def test_folded_features_match_the_plain_forward_and_leave_the_backbone_alone(name: str) -> None:
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = spec.builder(spec.in_chans).eval()
+    for module in model.modules():  # non-trivial BatchNorm statistics, so folding matters
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    size = spec.input_size if spec.input_size < 64 else max(spec.min_size, 64)
+    images = np.random.default_rng(0).random((3, spec.in_chans, size, size), dtype=np.float32)
+    normalize = Normalize(spec.mean, spec.std, spec.in_chans)
+    expected = _reference(model, spec.nodes, images, normalize)
+
+    exact = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2)
+    fast = extract_features(model, spec.nodes, images, normalize, BF16, batch_size=2)
+    for node in spec.nodes:
+        scale = np.abs(expected[node]).max() + 1e-6
+        assert exact[node].dtype == np.float32 and exact[node].shape == expected[node].shape
+        assert np.abs(exact[node] - expected[node]).max() / scale < 1e-4, node
+        assert np.abs(fast[node] - expected[node]).max() / scale < 0.05, node
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype
+               for k in before), "extraction changed the backbone"
+
+
+def test_batchnorm_is_folded_and_bf16_weights_are_cast_once() -> None:
+    spec = get_spec("resnet18")
+    model = spec.builder(3).eval()
+    extractor = multi_node_extractor(model, spec.nodes)
+    normalize = Normalize(spec.mean, spec.std, 3)
+    module, needs_autocast = inference_module(extractor, normalize, BF16)
+    kinds = {type(m).__name__ for m in module.modules()}
+    assert "BatchNorm2d" not in kinds and not needs_autocast
+    assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    fp16 = Runtime(CPU, torch.float16, channels_last=False)
+    module, needs_autocast = inference_module(extractor, normalize, fp16)
+    assert needs_autocast and {p.dtype for p in module.parameters()} == {torch.float32}
