@@ -24,21 +24,22 @@ slow, but its F1 comparison has the pipeline's statistical resolution).
 
 ``--variants`` adds prototypes of proposed changes to the same rounds (see the README);
 a variant is ``+``-joined tokens applied to cad's path:
-``fused``   conv+BatchNorm folded, the module cast to bf16 once (no per-call autocast
-            weight casts);
 ``bNN``     batch size NN (cad's default is extract.batch_size = 32);
 ``nocl``    without channels_last;
-``compile`` ``torch.compile`` (inductor, freezing) of the fused bf16 module, batches padded
-            to one shape; the one-off compile time is reported apart, the rounds time the
+``compile`` cad's ``extract.compile`` path (inductor, freezing) compiled once before the
+            rounds: the one-off compile time is reported apart, the rounds time the
             steady state;
+``cadcompile`` ``extract_features(compile="on")`` as the pipeline calls it: every round
+            compiles again (from inductor's on-disk cache after the first);
 ``tN``      N torch threads for this side (e.g. ``t1``);
 ``fp32cl``  (alone) the fp32 script with channels_last; ``fp32+tN`` the fp32 script on N
             threads.
-e.g. ``--variants fused,nocl+b64,compile,t1,fp32+t1``.
+e.g. ``--variants compile,cadcompile,nocl+b64,t1,fp32+t1``.
 
     .venv/bin/python benchmarks/bench_extract.py [--quick] [--size 96|224] [--reps 3]
         [--pipeline pipelines/breast_mri.yaml]
-        [--backbones vgg16,inception_v3,resnet50] [--variants fused,b64,nocl+b64,fp32cl]
+        [--backbones vgg16,inception_v3,resnet50]
+        [--variants compile,cadcompile,b64,nocl+b64,fp32cl]
         [--threads N] [--omp-passive]
 
 Writes ``benchmarks/results/bench_extract.json`` (``_quick`` with ``--quick``).
@@ -55,7 +56,6 @@ from _common import early_env  # noqa: E402
 early_env(sys.argv)
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -79,14 +79,19 @@ from _common import (  # noqa: E402
     write_result,
 )
 from torch import nn  # noqa: E402
-from torch.fx.experimental.optimization import fuse  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
 
 from cad.backbones import create_backbone, get_spec  # noqa: E402
 from cad.device import Runtime, describe, select_runtime  # noqa: E402
-from cad.features.extract import extract_features, multi_node_extractor, pool  # noqa: E402
+from cad.features.extract import (  # noqa: E402
+    CompiledOrEager,
+    extract_features,
+    inference_module,
+    multi_node_extractor,
+    pool,
+)
 from cad.finetune.model import Normalize  # noqa: E402
 from cad.probe.svm import choose_finetune_node, score_nodes  # noqa: E402
 
@@ -115,29 +120,6 @@ def fp32_script(model: nn.Module, nodes: Sequence[str], images: np.ndarray, norm
     return {n: np.concatenate(parts) for n, parts in out.items()}
 
 
-def fold_batchnorm(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Fold every eval-mode BatchNorm that directly follows a conv into that conv."""
-    module = copy.deepcopy(module).eval()  # deepcopy of a GraphModule resets .training
-    return fuse(module, inplace=True, no_trace=True)
-
-
-@torch.inference_mode()
-def fused_bf16(model: nn.Module, nodes: Sequence[str], images: np.ndarray, normalize: Normalize,
-               runtime: Runtime, batch_size: int) -> Features:
-    """Prototype of the proposed extract_features: BN folded into convs, the whole module
-    cast to bf16 once (no autocast, so no per-call weight casts), channels_last."""
-    extractor = nn.Sequential(normalize, fold_batchnorm(multi_node_extractor(model, nodes)))
-    dtype = runtime.amp_dtype or torch.float32
-    extractor = runtime.prepare(extractor.to(dtype)).eval()
-    out: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
-    for start in range(0, len(images), batch_size):
-        batch = runtime.batch(torch.from_numpy(images[start : start + batch_size]).to(dtype))
-        features = extractor(batch)
-        for n in nodes:
-            out[n].append(pool(features[n], ("avg",)).numpy())
-    return {n: np.concatenate(parts) for n, parts in out.items()}
-
-
 def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -162,20 +144,17 @@ def with_threads(n: int | None, fn: Callable) -> Callable:
 
 def compiled_extractor(model: nn.Module, nodes: Sequence[str], normalize: Normalize,
                        runtime: Runtime, batch_size: int, shape: Sequence[int]) -> Callable:
-    """Prototype: the fused bf16 extractor through torch.compile (inductor with freezing:
-    weights become constants, conv+BN+ReLU/add fuse into oneDNN post-ops). Compiled and
-    warmed up here, at one batch shape."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    dtype = runtime.amp_dtype or torch.float32
-    extractor = nn.Sequential(normalize, fold_batchnorm(multi_node_extractor(model, nodes)))
-    extractor = runtime.prepare(extractor.to(dtype)).eval()
-    compiled = torch.compile(extractor, dynamic=False)
+    """cad's ``extract.compile`` path (the frozen bf16 module through torch.compile with
+    inductor freezing), compiled and warmed up here at one batch shape so that the rounds
+    time the steady state."""
+    module, needs_autocast = inference_module(multi_node_extractor(model, nodes), normalize,
+                                              runtime)
+    assert not needs_autocast or runtime.amp_dtype is None
+    compiled = CompiledOrEager(module)
 
     @torch.inference_mode()
     def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return compiled(runtime.batch(batch.to(dtype)))
+        return compiled(runtime.batch(batch))
 
     run(torch.zeros(batch_size, *shape))
     return run
@@ -237,14 +216,14 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
             continue
         vbs = next((int(t[1:]) for t in tokens if t[0] == "b" and t[1:].isdigit()), bs)
         vrt = Runtime(runtime.device, runtime.amp_dtype, "nocl" not in tokens)
-        if "compile" in tokens:
+        if "compile" in tokens and "cadcompile" not in tokens:
             start = time.perf_counter()
             fn = compiled_extractor(model, nodes, normalize, vrt, vbs, images.shape[1:])
             compile_s[variant] = time.perf_counter() - start
             sides[variant] = lambda fn=fn, vbs=vbs: run_padded(fn, nodes, images, vbs)
-        elif "fused" in tokens:
-            sides[variant] = lambda vrt=vrt, vbs=vbs: fused_bf16(model, nodes, images, normalize,
-                                                                 vrt, vbs)
+        elif "cadcompile" in tokens:  # extract_features(compile="on"), compile included
+            sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(
+                model, nodes, images, normalize, vrt, vbs, compile="on")
         else:
             sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(model, nodes, images,
                                                                        normalize, vrt, vbs)
@@ -275,6 +254,10 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
         row["speedup_vs_fp32_cpu"] = fp32["cpu_best_s"] / row["cpu_best_s"]
     if not args.no_f1:
         depths = dict(zip(spec.nodes, spec.node_depths, strict=True))
+        # the noise floor: the fp32 script's own features, rounded once to bf16 at the end
+        outputs["fp32_rounded_bf16"] = {
+            n: torch.from_numpy(np.ascontiguousarray(f)).bfloat16().float().numpy()
+            for n, f in outputs["fp32"].items()}
         probe = {side: f1_by_node(outputs[side], nodes, depths, data) for side in outputs}
         ref = probe["fp32"]["f1"]
         for side, p in probe.items():
@@ -303,6 +286,10 @@ def print_backbone(name: str, r: dict) -> None:
               f"{row['speedup_vs_fp32_best']:>6.2f}x {row['speedup_vs_fp32_median']:>7.2f}x "
               f"{row['speedup_vs_fp32_cpu']:>5.2f}x {row['pct_of_limit_cpu']:>7.0f}% "
               f"{df1:>9} {p.get('chosen', '-'):>18}")
+    floor = r.get("probe", {}).get("fp32_rounded_bf16")
+    if floor:
+        print(f"  noise floor: the fp32 features rounded once to bf16 move the probe F1 by up to "
+              f"{floor['max_abs_df1_vs_fp32']:.4f} (chosen node {floor['chosen']})")
 
 
 def main() -> None:
@@ -318,7 +305,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=None, help="phantom patients (16/10)")
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (1; quick 0)")
     parser.add_argument("--variants", default="",
-                        help="comma list, e.g. fused,b64,nocl,nocl+b64,compile,fp32cl")
+                        help="comma list, e.g. compile,cadcompile,b64,nocl,nocl+b64,fp32cl")
     parser.add_argument("--no-f1", action="store_true", help="skip the probe F1 agreement check")
     args = parser.parse_args()
     args.reps = args.reps or (2 if args.quick else 3)
@@ -362,12 +349,14 @@ def main() -> None:
           f"fp32 {limit.best_per_cpu_s('fp32'):.0f}")
     print("targets: cad >= 2.5x fp32, >= 60% of the bf16 limit, max|dF1| <= 0.01")
     for name, r in results.items():
-        cad = r["sides"]["cad"]
-        df1 = r.get("probe", {}).get("cad", {}).get("max_abs_df1_vs_fp32", float("nan"))
-        print(f"  {name:<13} cad/fp32 {cad['speedup_vs_fp32_best']:.2f}x (median "
-              f"{cad['speedup_vs_fp32_median']:.2f}x, CPU time {cad['speedup_vs_fp32_cpu']:.2f}x), "
-              f"{cad['pct_of_limit']:.0f}% of limit ({cad['pct_of_limit_cpu']:.0f}% per CPU-s), "
-              f"max|dF1| {df1:.4f}")
+        for side in [s for s in r["sides"] if s in ("cad", "compile", "cadcompile")]:
+            row = r["sides"][side]
+            df1 = r.get("probe", {}).get(side, {}).get("max_abs_df1_vs_fp32", float("nan"))
+            label = "cad" if side == "cad" else f"cad {side}"
+            print(f"  {name:<13} {label + '/fp32':<20} {row['speedup_vs_fp32_best']:.2f}x (median "
+                  f"{row['speedup_vs_fp32_median']:.2f}x, CPU time "
+                  f"{row['speedup_vs_fp32_cpu']:.2f}x), {row['pct_of_limit']:.0f}% of limit "
+                  f"({row['pct_of_limit_cpu']:.0f}% per CPU-s), max|dF1| {df1:.4f}")
     print(load_note(machine["loadavg_start"], end))
     name = "bench_extract_quick" if args.quick else "bench_extract"
     path = write_result(name, {

@@ -121,6 +121,13 @@ class ExtractConfig(Section):
     batch_size: int = Field(32, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the frozen extractor (inductor, weights frozen); auto: "
+        "only when the forward work exceeds compile_min_tflop, where the one-off compile "
+        "pays for itself",
+    )
+    compile_min_tflop: float = Field(20.0, gt=0)
 
 
 class ProbeConfig(Section):

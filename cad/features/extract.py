@@ -7,12 +7,19 @@ The traced graph is frozen for inference once per stage (:func:`inference_module
 eval-mode BatchNorm is folded into the convolution before it (``torch.fx`` ``fuse``), and
 under bf16 the module itself is cast to bfloat16 instead of running under autocast, which
 would re-cast every weight on every batch (VGG16's 120M fc weights dominate that cost).
+
+For large extractions the frozen module also goes through ``torch.compile`` (inductor with
+``freezing``: weights become constants and conv + ReLU / add fuse into one kernel), fed
+fixed-size batches so it compiles once. ``compile="auto"`` decides from the forward FLOPs,
+counted once, so the decision (and therefore the features) never depends on timing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +31,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from cad.device import Runtime
 from cad.finetune.model import Normalize
+
+log = logging.getLogger("cad.features")
 
 
 def node_file(node: str) -> str:
@@ -73,6 +82,49 @@ def inference_module(
     return runtime.prepare(nn.Sequential(normalize, frozen)).eval(), True
 
 
+def forward_tflop(
+    module: nn.Module, image_shape: Sequence[int], count: int, runtime: Runtime, autocast: Callable
+) -> float:
+    """Forward TFLOP (2 per multiply-add) of ``count`` images through ``module``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, autocast():
+        module(runtime.batch(torch.zeros(1, *image_shape)))
+    return counter.get_total_flops() * count / 1e12
+
+
+class CompiledOrEager:
+    """``torch.compile(module)``, falling back to the eager module (with one warning) when
+    compilation fails, e.g. without a C++ compiler."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.eager = module
+        self.compiled: Callable | None = torch.compile(module, dynamic=False)
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.compiled is not None:
+            try:
+                import torch._inductor.config as inductor_config
+
+                with inductor_config.patch(freezing=True):
+                    return self.compiled(batch)
+            except Exception as exc:  # any compile failure: the eager module gives the same maths
+                log.warning("torch.compile failed (%s); extracting without it", type(exc).__name__)
+                self.compiled = None
+        return self.eager(batch)
+
+
+def should_compile(setting: str, tflop: Callable[[], float], min_tflop: float) -> bool:
+    if setting == "off":
+        return False
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        if setting == "on":
+            log.warning("extract.compile: on needs a C compiler (cc/gcc) on PATH; running eager")
+        return False
+    return setting == "on" or tflop() >= min_tflop
+
+
 @torch.inference_mode()
 def extract_features(
     model: nn.Module,
@@ -83,20 +135,36 @@ def extract_features(
     batch_size: int = 32,
     pooling: Sequence[str] = ("avg",),
     progress: Callable[[int], None] | None = None,
+    compile: str = "off",
+    compile_min_tflop: float = 20.0,
 ) -> dict[str, np.ndarray]:
     """Pooled features ``{node: (N, D) float32}`` for ``images`` (N, C, H, W) float32."""
     extractor, needs_autocast = inference_module(
         multi_node_extractor(model, nodes), normalize, runtime
     )
     autocast = runtime.autocast if needs_autocast else contextlib.nullcontext
+    forward: Callable = extractor
+    pad = should_compile(
+        compile,
+        lambda: forward_tflop(extractor, images.shape[1:], len(images), runtime, autocast),
+        compile_min_tflop,
+    )
+    if pad:
+        log.info("compiling the extractor (torch.compile, one-off)")
+        forward = CompiledOrEager(extractor)
     out: dict[str, list[np.ndarray]] = {node: [] for node in nodes}
     for start in range(0, len(images), batch_size):
         chunk = np.array(images[start : start + batch_size], dtype=np.float32)  # writable copy
+        real = len(chunk)
+        if pad and real < batch_size:  # one batch shape: the compiled graph is reused
+            chunk = np.concatenate(
+                [chunk, np.zeros((batch_size - real, *chunk.shape[1:]), dtype=np.float32)]
+            )
         batch = runtime.batch(torch.from_numpy(chunk))
         with autocast():
-            features = extractor(batch)
+            features = forward(batch)
         for node in nodes:
-            out[node].append(pool(features[node], pooling).cpu().numpy())
+            out[node].append(pool(features[node][:real], pooling).cpu().numpy())
         if progress:
             progress(len(batch))
     return {node: np.concatenate(parts) for node, parts in out.items()}

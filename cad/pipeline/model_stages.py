@@ -85,6 +85,8 @@ def extract_stage(out: Path, source: Source, augment: Artifact, cfg: PipelineCon
             cfg.extract.batch_size,
             cfg.extract.pooling,
             advance,
+            compile=cfg.extract.compile,
+            compile_min_tflop=cfg.extract.compile_min_tflop,
         )
     save_features(features, out / "features")
     from cad.backbones import node_shapes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext as contextlib_null
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +66,60 @@ def test_batchnorm_is_folded_and_bf16_weights_are_cast_once() -> None:
     fp16 = Runtime(CPU, torch.float16, channels_last=False)
     module, needs_autocast = inference_module(extractor, normalize, fp16)
     assert needs_autocast and {p.dtype for p in module.parameters()} == {torch.float32}
+
+
+def _lenet_inputs():
+    spec = get_spec("lenet5")
+    torch.manual_seed(0)
+    model = spec.builder(spec.in_chans).eval()
+    size = spec.input_size
+    images = np.random.default_rng(1).random((5, spec.in_chans, size, size), dtype=np.float32)
+    return spec, model, images, Normalize(spec.mean, spec.std, spec.in_chans)
+
+
+def test_compiled_extraction_pads_the_last_batch_and_matches_eager() -> None:
+    spec, model, images, normalize = _lenet_inputs()
+    eager = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2)
+    compiled = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2,
+                                compile="on")
+    for node in spec.nodes:
+        assert compiled[node].shape == eager[node].shape == (5, eager[node].shape[1])
+        np.testing.assert_allclose(compiled[node], eager[node], rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog) -> None:
+    spec, model, images, normalize = _lenet_inputs()
+
+    def broken(module, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    eager = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2)
+    fallback = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2,
+                                compile="on")
+    assert "torch.compile failed" in caplog.text
+    for node in spec.nodes:
+        np.testing.assert_allclose(fallback[node], eager[node], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_compiles_only_above_the_work_threshold(monkeypatch) -> None:
+    from cad.features import extract
+
+    assert extract.should_compile("auto", lambda: 25.0, 20.0)
+    assert not extract.should_compile("auto", lambda: 5.0, 20.0)
+    assert not extract.should_compile("off", lambda: 1e9, 20.0)
+    monkeypatch.setattr(extract.shutil, "which", lambda name: None)  # no C compiler
+    assert not extract.should_compile("on", lambda: 1e9, 20.0)
+
+
+def test_forward_tflop_counts_the_network() -> None:
+    from cad.features.extract import forward_tflop
+
+    spec, model, images, normalize = _lenet_inputs()
+    module, _ = inference_module(multi_node_extractor(model, spec.nodes), normalize, FP32)
+    per_image = forward_tflop(module, images.shape[1:], 1, FP32, contextlib_null)
+    assert 2 * 0.3e6 < per_image * 1e12 < 2 * 0.5e6  # LeNet-5: ~0.4M multiply-adds
+    assert forward_tflop(module, images.shape[1:], 10, FP32, contextlib_null) == 10 * per_image
