@@ -17,7 +17,10 @@ ratio is the share of scoring's CPU spent in the forward pass itself. Writes
 ``benchmarks/results/score_throughput.json``.
 
     .venv/bin/python benchmarks/score_throughput.py [--patients 4] [--scale 10] \\
-        [--slices 24] [--size 64] [--workers 2] [--batch-size 64]
+        [--slices 24] [--size 64] [--workers 2] [--batch-size 64] [--backbone resnet18]
+
+Clinical size: ``--backbone resnet50 --size 224 --patients 2`` (writes
+``results/score_throughput_resnet50_224.json``).
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ import numpy as np
 from cad.config import InputConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "score_throughput.json"
-NODES = ("layer2.1.relu_1", "layer3.1.relu_1")
 
 
-def make_package(directory: Path, size: int) -> Path:
-    """A resnet18 transfer model with random weights, packaged like ``finetune`` does."""
+def make_package(directory: Path, size: int, backbone: str) -> Path:
+    """A transfer model with random weights, cut at the registry's two middle candidate
+    nodes (resnet18: layer2 -> layer3), packaged like ``finetune`` does."""
     import torch
 
     from cad.backbones import create_backbone, get_spec
@@ -51,12 +54,14 @@ def make_package(directory: Path, size: int) -> Path:
     from cad.finetune.package import save_package
 
     torch.manual_seed(0)
-    spec = get_spec("resnet18")
-    model = build_transfer_model(create_backbone("resnet18", "random", 3).model, *NODES,
+    spec = get_spec(backbone)
+    middle = len(spec.nodes) // 2
+    nodes = spec.nodes[middle], spec.nodes[middle + 1]
+    model = build_transfer_model(create_backbone(backbone, "random", 3).model, *nodes,
                                  mean=spec.mean, std=spec.std, in_chans=3, size=size,
                                  hidden=64, dropout=0.1)
-    meta = {"backbone": "resnet18", "round": 1, "weights_source": "random",
-            "nodes": {"finetune": NODES[0], "connection": NODES[1]},
+    meta = {"backbone": backbone, "round": 1, "weights_source": "random",
+            "nodes": {"finetune": nodes[0], "connection": nodes[1]},
             "head": {"hidden": 64, "dropout": 0.1}, "classes": ["non-tumour", "tumour"],
             "in_chans": 3, "input": json.loads(InputConfig(size=size).model_dump_json()),
             "mean": list(spec.mean), "std": list(spec.std), "threshold": 0.5}
@@ -185,8 +190,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="matrix and network input size")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--backbone", default="resnet18", help="e.g. resnet50 at --size 224")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: results/score_throughput.json (resnet18, 64 px), else "
+                        "results/score_throughput_<backbone>_<size>.json")
     args = parser.parse_args()
+    if args.out is None:
+        default = args.backbone == "resnet18" and args.size == 64
+        args.out = RESULTS if default else RESULTS.with_name(
+            f"score_throughput_{args.backbone}_{args.size}.json")
 
     from cad.data.phantom import generate_phantom
     from cad.device import describe, select_runtime
@@ -195,7 +207,7 @@ def main() -> None:
                      "runtime": describe(select_runtime("auto")),
                      "cpus": os.cpu_count(), "machine": platform.machine(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="cad-bench-") as tmp:
-        package = make_package(Path(tmp) / "model", args.size)
+        package = make_package(Path(tmp) / "model", args.size, args.backbone)
         spec = InputConfig(size=args.size)
         for name, patients in (("small", args.patients), ("large", args.patients * args.scale)):
             info = generate_phantom(Path(tmp) / name, patients=patients, slices=args.slices,

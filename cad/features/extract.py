@@ -100,6 +100,10 @@ class CompiledOrEager:
 
     def __init__(self, module: nn.Module) -> None:
         self.eager = module
+        # Every extractor is a new module running the same forward code, so dynamo would
+        # stack guarded entries until its recompile limit and then silently run eager: start
+        # from an empty cache (inductor's on-disk cache still makes a recompile cheap).
+        torch.compiler.reset()
         self.compiled: Callable | None = torch.compile(module, dynamic=False)
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
