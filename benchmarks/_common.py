@@ -337,3 +337,21 @@ def load_note(start: Sequence[float], end: Sequence[float]) -> str:
     if under_load(start) or under_load(end):
         note += "  (UNDER LOAD: other processes shared the CPUs; compare ratios, not absolutes)"
     return note
+
+
+def with_threads(n: int | None, fn: Callable) -> Callable:
+    """``fn`` run with ``n`` torch intra-op threads, restored afterwards (None: unchanged)."""
+    if n is None:
+        return fn
+
+    def run():
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run

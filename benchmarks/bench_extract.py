@@ -76,6 +76,7 @@ from _common import (  # noqa: E402
     pipeline_input_size,
     setup_threads,
     under_load,
+    with_threads,
     write_result,
 )
 from torch import nn  # noqa: E402
@@ -124,22 +125,6 @@ def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def with_threads(n: int | None, fn: Callable) -> Callable:
-    """``fn`` run with ``n`` torch intra-op threads (None: unchanged)."""
-    if n is None:
-        return fn
-
-    def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(before)
-
-    return run
 
 
 def compiled_extractor(model: nn.Module, nodes: Sequence[str], normalize: Normalize,

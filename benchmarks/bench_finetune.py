@@ -53,6 +53,7 @@ from _common import (  # noqa: E402
     pipeline_input_size,
     setup_threads,
     under_load,
+    with_threads,
     write_result,
 )
 from sklearn.metrics import f1_score  # noqa: E402
@@ -184,20 +185,6 @@ def loss_check(base: TransferModel, data, cfg: FinetuneConfig, steps: int = 3) -
     return {"loss_cached": a, "loss_full": b, "rel_diff": rel, "ok": rel <= 1e-4,
             "used_prefix_cache": [cached["used_prefix_cache"], full["used_prefix_cache"]],
             "fp32_cached_epoch_s": cached["epoch_s"][0], "fp32_full_epoch_s": full["epoch_s"][0]}
-
-
-def with_threads(n: int, fn):
-    """``fn`` run with ``n`` torch intra-op threads (restored afterwards)."""
-
-    def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(before)
-
-    return run
 
 
 def bench_case(name: str, data, args) -> dict:
