@@ -170,7 +170,7 @@ def extract_features(
         for node in nodes:
             out[node].append(pool(features[node][:real], pooling).cpu().numpy())
         if progress:
-            progress(len(batch))
+            progress(real)
     return {node: np.concatenate(parts) for node, parts in out.items()}
 
 
