@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -273,6 +275,27 @@ def _check(name: str, value: object, ok: bool, what: str) -> None:
         )
 
 
+def _write_patient(task: tuple) -> tuple[int, tuple | None]:
+    """Simulate and write one patient; (files written, its Annotation_Boxes row or None)."""
+    root, index, has_lesion, slices, size, seed, key = task
+    sim = simulate_patient(index, slices, size, seed, has_lesion)
+    files = _Writer(root, sim, seed, key).write_all()
+    row = (patient_id(index), *asdict(sim.box).values()) if sim.box is not None else None
+    return files, row
+
+
+def _patient_results(tasks: list[tuple], workers: int) -> Iterator[tuple[int, tuple | None]]:
+    """``_write_patient`` over ``tasks`` in order; in worker processes when ``workers > 1``
+    (every patient has its own seeded generators, so the files do not depend on this)."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_write_patient, tasks)
+        return
+    methods = multiprocessing.get_all_start_methods()  # never fork a process running torch
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+        yield from pool.map(_write_patient, tasks)
+
+
 def generate_phantom(
     out_dir: str | Path,
     patients: int = 36,
@@ -281,13 +304,15 @@ def generate_phantom(
     seed: int = 7,
     lesion_fraction: float = 0.6,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> PhantomInfo:
     """Write the phantom under ``out_dir`` (dicom/, Annotation_Boxes.csv, phantom.json).
 
     The DICOM tree is built in a temporary directory and moved into place at the end, so
     an interrupted run leaves no half phantom. An existing phantom in ``out_dir`` is
     replaced; any other existing ``dicom/`` folder is refused. ``progress(done, total)``
-    is called after each patient.
+    is called after each patient. Patients are simulated in ``workers`` processes
+    (default: one per CPU); the output is the same for any number.
     """
     _check("patients", patients, isinstance(patients, int) and patients >= 1, "an int >= 1")
     _check("slices", slices, isinstance(slices, int) and slices >= 4, "an int >= 4")
@@ -306,11 +331,13 @@ def generate_phantom(
     tmp = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out))
     try:
         rows, files = [], 0
-        for index, has_lesion in enumerate(lesion_flags(patients, lesion_fraction, seed)):
-            sim = simulate_patient(index, slices, size, seed, has_lesion)
-            files += _Writer(tmp / "dicom", sim, seed, key).write_all()
-            if sim.box is not None:
-                rows.append((patient_id(index), *asdict(sim.box).values()))
+        flags = lesion_flags(patients, lesion_fraction, seed)
+        tasks = [(tmp / "dicom", i, flag, slices, size, seed, key) for i, flag in enumerate(flags)]
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        for index, (written, row) in enumerate(_patient_results(tasks, workers)):
+            files += written
+            if row is not None:
+                rows.append(row)
             if progress is not None:
                 progress(index + 1, patients)
         with open(tmp / boxes_csv.name, "w", newline="") as handle:

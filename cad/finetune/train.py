@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import f1_score
 from torch import nn
 
 from cad.config import AugmentConfig, FinetuneConfig
@@ -142,6 +141,10 @@ def train(
     progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices."""
+    # imported here: `cad score` imports this module for predict_proba and never trains, and
+    # scikit-learn (with pandas) would add seconds to its start-up
+    from sklearn.metrics import f1_score
+
     model = runtime.prepare(model)
     online = augment.mode == "online"
     supervised = len(model.aux_heads) > 0  # deep supervision needs the full forward

@@ -33,7 +33,9 @@ REQUIRED = """
 def phantom(tmp_path_factory: pytest.TempPathFactory):
     calls: list[tuple[int, int]] = []
     out = tmp_path_factory.mktemp("phantom")
-    info = generate_phantom(out, **SMALL, progress=lambda done, total: calls.append((done, total)))
+    info = generate_phantom(
+        out, **SMALL, workers=2, progress=lambda done, total: calls.append((done, total))
+    )
     return info, calls
 
 
@@ -183,7 +185,7 @@ def test_boxes_match_the_images(phantom, files) -> None:
 
 def test_deterministic_and_seed_dependent(phantom, files, tmp_path: Path) -> None:
     info, _ = phantom
-    again = generate_phantom(tmp_path / "again", **SMALL)
+    again = generate_phantom(tmp_path / "again", **SMALL, workers=1)  # serial == parallel
     other = generate_phantom(tmp_path / "other", **{**SMALL, "seed": 4})
     for path, ds in files.items():
         twin = pydicom.dcmread(again.dicom_root / path.relative_to(info.dicom_root))
