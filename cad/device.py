@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cad.heap import reuse_freed_memory
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -67,6 +69,7 @@ def select_runtime(precision: str = "auto", channels_last: bool = True) -> Runti
             dtype = torch.float16
         return Runtime(device, dtype, channels_last)
     device = torch.device("cpu")
+    reuse_freed_memory()  # activations are re-allocated every batch: keep them in the heap
     if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
         return Runtime(device, None, channels_last)
     return Runtime(device, torch.bfloat16, channels_last)

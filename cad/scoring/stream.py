@@ -104,10 +104,14 @@ def walk(root: Path) -> list[str]:
 
 
 def _init_worker() -> None:
-    """Decode workers run single-threaded: parallelism comes from the processes."""
+    """Decode workers run single-threaded: parallelism comes from the processes. Study
+    volumes are allocated and freed once per study: keep them in the heap too."""
     import torch
 
+    from cad.heap import reuse_freed_memory
+
     torch.set_num_threads(1)
+    reuse_freed_memory()
 
 
 def _ping() -> bool:
