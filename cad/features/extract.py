@@ -3,10 +3,8 @@
 ``torchvision.models.feature_extraction.create_feature_extractor`` returns all requested
 intermediates of a traced graph at once, so no layer is ever re-forwarded per node.
 
-The traced graph is frozen for inference once per stage (:func:`inference_module`): every
-eval-mode BatchNorm is folded into the convolution before it (``torch.fx`` ``fuse``), and
-under bf16 the module itself is cast to bfloat16 instead of running under autocast, which
-would re-cast every weight on every batch (VGG16's 120M fc weights dominate that cost).
+The traced graph is frozen for inference once per stage (:mod:`cad.frozen`: BatchNorm
+folded, weights cast to bf16 once instead of autocast re-casting them every batch).
 
 For large extractions the frozen module also goes through ``torch.compile`` (inductor with
 ``freezing``: weights become constants and conv + ReLU / add fuse into one kernel), fed
@@ -17,7 +15,6 @@ counted once, so the decision (and therefore the features) never depends on timi
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from cad.device import Runtime
 from cad.finetune.model import Normalize
+from cad.frozen import frozen_inference_copy
 
 log = logging.getLogger("cad.features")
 
@@ -56,30 +53,12 @@ def multi_node_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
     return extractor.eval()
 
 
-class _Cast(nn.Module):
-    def __init__(self, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.dtype)
-
-
 def inference_module(
     extractor: torch.fx.GraphModule, normalize: nn.Module, runtime: Runtime
 ) -> tuple[nn.Module, bool]:
     """A frozen copy of ``normalize`` + ``extractor`` taking fp32 input; and whether it
-    still needs autocast.
-
-    The copy leaves the backbone's own parameters untouched. bf16 casts the weights once
-    (bf16 has fp32's range, so this is as safe as autocast) after fp32 normalization; fp16
-    keeps autocast, which holds range-sensitive ops in fp32.
-    """
-    frozen = fuse(copy.deepcopy(extractor).eval(), inplace=True, no_trace=True)
-    if runtime.amp_dtype == torch.bfloat16:
-        module = nn.Sequential(normalize, _Cast(torch.bfloat16), frozen.to(torch.bfloat16))
-        return runtime.prepare(module).eval(), False
-    return runtime.prepare(nn.Sequential(normalize, frozen)).eval(), True
+    still needs autocast (:func:`cad.frozen.frozen_inference_copy`)."""
+    return frozen_inference_copy(normalize, extractor, runtime)
 
 
 def forward_tflop(

@@ -26,6 +26,7 @@ from cad.config import AugmentConfig, FinetuneConfig
 from cad.data.augment import apply, make_augment
 from cad.device import Runtime
 from cad.finetune.model import AUX_WEIGHT, TransferModel, split_prefix
+from cad.finetune.predict import predict_proba
 
 log = logging.getLogger("cad.finetune")
 
@@ -46,16 +47,6 @@ def _run_in_batches(fn: Callable, data: torch.Tensor, batch: int, runtime: Runti
         with runtime.autocast():
             outs.append(fn(runtime.batch(data[start : start + batch])))
     return torch.cat(outs)
-
-
-def predict_proba(
-    model: TransferModel, images: np.ndarray, runtime: Runtime, batch: int = 64
-) -> np.ndarray:
-    """Positive-class probabilities for (N, C, H, W) images (used by evaluate and score)."""
-    model.eval()
-    data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    logits = _run_in_batches(model, data, batch, runtime)
-    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
 
 
 class _Checkpoint:
@@ -141,8 +132,8 @@ def train(
     progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices."""
-    # imported here: `cad score` imports this module for predict_proba and never trains, and
-    # scikit-learn (with pandas) would add seconds to its start-up
+    # imported here: scikit-learn (with pandas) would add seconds to every import of this
+    # module
     from sklearn.metrics import f1_score
 
     model = runtime.prepare(model)

@@ -30,8 +30,9 @@ from cad.evaluate.plots import (
 from cad.features.extract import extract_features, load_features, save_features
 from cad.finetune.model import Normalize, build_transfer_model, output_shape
 from cad.finetune.package import load_package, save_package
+from cad.finetune.predict import predict_proba
 from cad.finetune.rounds import backbone_from_package
-from cad.finetune.train import predict_proba, train
+from cad.finetune.train import train
 from cad.log import progress
 from cad.pipeline.data_stages import split_indices
 from cad.pipeline.store import Artifact

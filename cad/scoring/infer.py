@@ -3,8 +3,8 @@
 Studies arrive in output order; their slices are cut into fixed-size batches regardless of
 study boundaries, and a study is released (in order) as soon as its last slice has a
 probability. Inference is what ``evaluate`` does: ``LoadedModel.prepare_images`` (the
-package's denoiser, if any), then ``cad.finetune.train.predict_proba``, so scores match
-the pipeline's for the same slices.
+package's denoiser, if any), then a :class:`cad.finetune.predict.Predictor` built once
+per run, so scores match the pipeline's for the same slices.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from cad.device import Runtime
 from cad.finetune.model import TransferModel
-from cad.finetune.train import predict_proba
+from cad.finetune.predict import Predictor
 from cad.scoring.cam import CamWriter
 from cad.scoring.stream import StudyResult
 
@@ -36,9 +36,8 @@ class Batcher:
     def __init__(self, model: TransferModel, runtime: Runtime, batch_size: int,
                  threshold: float, cam: CamWriter | None = None,
                  prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        self.model = model
+        self.predict = Predictor(model, runtime, batch_size)
         self.prepare = prepare  # LoadedModel.prepare_images: e.g. the package's denoiser
-        self.runtime = runtime
         self.batch_size = batch_size
         self.threshold = threshold
         self.cam = cam
@@ -75,7 +74,7 @@ class Batcher:
         images = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self.prepare is not None:
             images = self.prepare(images)
-        probs = predict_proba(self.model, images, self.runtime, self.batch_size)
+        probs = self.predict(images)
         self.forward_slices += len(images)
         offset = 0
         for i, start, stop in owners:

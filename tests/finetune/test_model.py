@@ -8,7 +8,8 @@ import torchvision
 from cad.config import AugmentConfig, FinetuneConfig
 from cad.device import select_runtime
 from cad.finetune.model import build_transfer_model, split_prefix
-from cad.finetune.train import predict_proba, train
+from cad.finetune.predict import predict_proba
+from cad.finetune.train import train
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

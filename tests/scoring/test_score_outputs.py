@@ -17,7 +17,7 @@ from cad.data.manifest import ManifestRow
 from cad.device import select_runtime
 from cad.errors import CadError
 from cad.finetune.package import load_package
-from cad.finetune.train import predict_proba
+from cad.finetune.predict import predict_proba
 from cad.scoring.api import score_folder
 from cad.scoring.cam import grad_cam
 
