@@ -339,6 +339,24 @@ def load_note(start: Sequence[float], end: Sequence[float]) -> str:
     return note
 
 
+def as_plain_script(fn: Callable) -> Callable:
+    """``fn`` run with the C library's heap as a plain script has it (glibc's mmap
+    threshold at its adaptive maximum, freed blocks unmapped), then cad's heap reuse
+    (``cad.heap``) restored: in one process, the obvious alternative must not get cad's
+    allocator setting for free."""
+
+    def run():
+        from cad.heap import glibc_default_like, reuse_freed_memory
+
+        glibc_default_like()
+        try:
+            return fn()
+        finally:
+            reuse_freed_memory()
+
+    return run
+
+
 def with_threads(n: int | None, fn: Callable) -> Callable:
     """``fn`` run with ``n`` torch intra-op threads, restored afterwards (None: unchanged)."""
     if n is None:
