@@ -9,7 +9,8 @@ For ResNet50 (fine-tuning node ``layer2``, connection ``layer3``) and VGG16
   then every step runs only suffix + head, in bf16 autocast on a CPU with AVX-512 BF16);
 - plain: the loop a user writes: the same ``build_transfer_model`` model (frozen params
   have ``requires_grad=False``), fp32, a shuffled ``DataLoader``, AdamW, the whole
-  truncated network forward every step, backward, and a validation pass every epoch.
+  truncated network forward every step, backward, and a validation pass every epoch,
+  with the C library's default heap (``_common.as_plain_script``).
 
 Both see the same images (the resampled training order) for the same number of epochs.
 Per-epoch times come from cad's own epoch log lines (validation included, as in the
@@ -45,6 +46,7 @@ from _common import (  # noqa: E402
     RESULTS,
     ROOT,
     add_common_args,
+    as_plain_script,
     cache_dir,
     load_note,
     loadavg,
@@ -193,7 +195,7 @@ def bench_case(name: str, data, args) -> dict:
                          patience=args.epochs + 1, cache_prefix=True, precision="auto", seed=0)
     base = transfer_model(name, in_chans, size, cfg.hidden, cfg.dropout)
     sides = {"cad": lambda: run_cad(copy.deepcopy(base), data, cfg),
-             "plain": lambda: run_plain(copy.deepcopy(base), data, cfg)}
+             "plain": as_plain_script(lambda: run_plain(copy.deepcopy(base), data, cfg))}
     for n in args.thread_variants:  # the same two sides with n torch threads
         sides[f"cad_t{n}"] = with_threads(n, sides["cad"])
         sides[f"plain_t{n}"] = with_threads(n, sides["plain"])

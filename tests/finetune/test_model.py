@@ -230,3 +230,25 @@ def test_a_checkpoint_of_another_architecture_is_ignored(tmp_path):
         _model(conn="layer4"), x, y, np.arange(16), x[:4], y[:4], cfg, aug, runtime, tmp_path
     )
     assert [h["epoch"] for h in result.history] == [1]
+
+
+def test_predictor_is_the_eval_forward_with_batchnorm_folded_and_leaves_the_model_alone():
+    from cad.finetune.predict import Predictor
+
+    model = _model().eval()
+    for module in model.modules():  # non-trivial BN statistics, so folding has work to do
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, _ = _data(n=10)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, 1].numpy()
+    exact = Predictor(model, select_runtime("fp32", channels_last=False), batch_size=4)
+    fast = Predictor(model, select_runtime("bf16"), batch_size=4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in exact.module.modules())
+    assert {p.dtype for p in fast.module.parameters()} == {torch.bfloat16}
+    np.testing.assert_allclose(exact(x), expected, atol=1e-5)
+    np.testing.assert_allclose(fast(x), expected, atol=0.03)
+    assert exact(x[:0]).shape == (0,)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
