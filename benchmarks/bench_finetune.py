@@ -189,6 +189,28 @@ def loss_check(base: TransferModel, data, cfg: FinetuneConfig, steps: int = 3) -
             "fp32_cached_epoch_s": cached["epoch_s"][0], "fp32_full_epoch_s": full["epoch_s"][0]}
 
 
+def prefix_bound(model: TransferModel, shape) -> dict:
+    """FLOPs of one image through the frozen prefix (P) and the trainable rest (T), and what
+    skipping the prefix can save at most: a training step costs about P + 3T (forward, and
+    a backward of twice the forward) in the plain loop and 3T with the cache."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cad.finetune.model import split_prefix
+
+    prefix, suffix = split_prefix(model.body)
+    model.eval()
+    with torch.no_grad():
+        x = model.normalize(torch.zeros(1, *shape))
+        with FlopCounterMode(display=False) as counter:
+            cached = prefix(x)
+        p = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            model.head(suffix(cached))
+        t = counter.get_total_flops()
+    return {"prefix_gflop": p / 1e9, "trainable_gflop": t / 1e9,
+            "max_gain_from_cache": (p + 3 * t) / (3 * t)}
+
+
 def bench_case(name: str, data, args) -> dict:
     in_chans, size = data.images.shape[1], data.images.shape[-1]
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=256, dropout=0.5,
@@ -206,6 +228,7 @@ def bench_case(name: str, data, args) -> dict:
     out: dict = {"finetune_node": CASES[name][0], "connection_node": CASES[name][1],
                  "images_per_epoch": len(data.order), "epochs": cfg.epochs,
                  "trainable_params": sum(p.numel() for p in base.trainable_parameters()),
+                 "bound": prefix_bound(base, data.images.shape[1:]),
                  "frozen_params": sum(p.numel() for p in base.frozen_parameters().values()),
                  "runs": runs}
     for side, rs in runs.items():
@@ -277,6 +300,12 @@ def main() -> None:
         print(f"  per epoch: {r['ratio_epoch_best']:.2f}x (best) {r['ratio_epoch_median']:.2f}x "
               f"(median), {r['ratio_epoch_cpu']:.2f}x (CPU time, median); total over "
               f"{r['epochs']} epochs: {r['ratio_total_best']:.2f}x")
+        b = r["bound"]
+        print(f"  FLOPs per image: frozen prefix {b['prefix_gflop']:.2f} G, trainable part "
+              f"{b['trainable_gflop']:.2f} G: the cache alone can save at most "
+              f"{b['max_gain_from_cache']:.2f}x; the rest of the ratio ("
+              f"{r['ratio_epoch_best'] / b['max_gain_from_cache']:.2f}x or more) comes from bf16 "
+              "and the fused optimizer")
         for n in args.thread_variants:
             cn, pn = r[f"cad_t{n}"], r[f"plain_t{n}"]
             print(f"  with {n} thread(s): cad epoch median {cn['epoch_s_median']:.2f} s, plain "

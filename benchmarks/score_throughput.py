@@ -3,12 +3,13 @@
 For a small phantom export and one ``--scale`` times larger (same patients' shape, more
 patients), measures in one run:
 
-(a) the bare model forward (``predict_proba``, same runtime and batch size) on the same
-    preprocessed slices already in memory, in slices/s;
+(a) the bare model forward (``cad.finetune.predict.Predictor``, the runtime and batch size
+    scoring uses) on the same preprocessed slices already in memory, in slices/s;
 (b) ``score_folder`` end to end (grouping pass, decode workers, preprocessing, inference,
     CSV writing) in a child process, in slices/s, with its peak memory: the main
     process's and the largest worker's peak RSS, and the peak summed RSS and PSS of the
-    whole process tree (polled from /proc every 50 ms).
+    whole process tree (polled from /proc every 200 ms: reading smaps_rollup costs CPU that
+    scoring would otherwise have).
 
 The ratio (b)/(a) says how much of the model's speed survives the I/O; flat peak memory
 between the two sizes says scoring streams. On a shared machine wall-clock rates depend on
@@ -81,19 +82,19 @@ def preprocessed(root: Path, spec: InputConfig) -> np.ndarray:
 
 def bare_forward(package: Path, images: np.ndarray, batch_size: int,
                  repeats: int = 2) -> tuple[float, float]:
-    """Best-of-``repeats`` slices/s of ``predict_proba`` on in-memory slices, and the CPU
+    """Best-of-``repeats`` slices/s of scoring's predictor on in-memory slices, and the CPU
     seconds (all threads) per slice of that repeat."""
     from cad.device import select_runtime
     from cad.finetune.package import load_package
-    from cad.finetune.train import predict_proba
+    from cad.finetune.predict import Predictor
 
     runtime = select_runtime("auto")
-    model = runtime.prepare(load_package(package).model)
-    predict_proba(model, images[:batch_size], runtime, batch_size)  # warm-up
+    predict = Predictor(runtime.prepare(load_package(package).model), runtime, batch_size)
+    predict(images[:batch_size])  # warm-up
     best, best_cpu = float("inf"), 0.0
     for _ in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
-        predict_proba(model, images, runtime, batch_size)
+        predict(images)
         if time.perf_counter() - start < best:
             best, best_cpu = time.perf_counter() - start, time.process_time() - cpu
     return len(images) / best, best_cpu / len(images)
@@ -139,7 +140,7 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
     """Run ``score_folder`` in a fresh process; its timing, CPU and memory figures.
 
     The child's process tree (main process, fork server, decode workers) is polled from
-    /proc every 50 ms: peak summed RSS and PSS, the largest single process, and CPU time.
+    /proc every 200 ms: peak summed RSS and PSS, the largest single process, and CPU time.
     """
     command = [sys.executable, __file__, "--child", str(package), str(root), str(out),
                str(workers), str(batch_size)]
@@ -155,7 +156,7 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
         for pid, (rss, _, seconds) in tree.items():
             main_rss[pid] = max(main_rss.get(pid, 0), rss)
             cpu[pid] = max(cpu.get(pid, 0.0), seconds)
-        time.sleep(0.05)
+        time.sleep(0.2)
     stdout = child.stdout.read() if child.stdout else ""
     if child.returncode not in (0, 1):
         raise SystemExit(f"scoring child failed with exit code {child.returncode}")
