@@ -5,14 +5,14 @@ extracted once by cad and cached) on the phantom's training images with the pipe
 patient folds. In one process, interleaved rounds:
 
 - cad: ``cad.probe.svm.score_nodes`` once per backbone, as the probe stage calls it
-  (joblib processes over nodes; scaler -> oversampler -> linear SVM fitted inside each
+  (joblib threads over nodes; scaler -> oversampler -> linear SVM fitted inside each
   fold; libsvm's kernel-form linear SVM or liblinear chosen by shape, see ``solver_for``);
 - sklearn: per node, sequentially, ``cross_val_score(make_pipeline(StandardScaler(),
   LinearSVC()), X, y, cv=PredefinedSplit(folds), scoring="f1")``;
 - cad_seq (diagnostic): ``score_nodes`` with ``n_jobs=1``, to separate the solver from the
-  process parallelism;
-- cad_threads (prototype of a proposed change): cad's per-node work (``_score_node``)
-  under joblib's thread backend instead of processes (libsvm releases the GIL).
+  thread parallelism;
+- cad_processes (diagnostic): cad's per-node work (``_score_node``) under joblib's process
+  backend, as cad ran it before switching to threads.
 
 Prints the time ratio, each side's chosen node per backbone, and where the two SVM
 formulations' F1 differ. Two untimed runs explain a difference: ``sklearn_over`` (the
@@ -123,13 +123,13 @@ def sklearn_oversampled(features: dict[str, np.ndarray], labels: np.ndarray,
     return out
 
 
-def score_nodes_threads(features: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray,
-                        cfg, balance) -> dict[str, list[float]]:
-    """Prototype: score_nodes' per-node work on joblib threads, largest nodes first."""
+def score_nodes_processes(features: dict[str, np.ndarray], labels: np.ndarray,
+                          folds: np.ndarray, cfg, balance) -> dict[str, list[float]]:
+    """Diagnostic: score_nodes' per-node work in joblib processes, as cad ran it before."""
     from joblib import Parallel, delayed
 
-    nodes = sorted(features, key=lambda n: -features[n].shape[1])
-    scores = Parallel(n_jobs=cfg.n_jobs, prefer="threads")(
+    nodes = list(features)
+    scores = Parallel(n_jobs=cfg.n_jobs, prefer="processes")(
         delayed(_score_node)(features[n], labels, folds, cfg, balance) for n in nodes)
     return dict(zip(nodes, scores, strict=True))
 
@@ -175,9 +175,9 @@ def main() -> None:
                                  for b, f in features.items()}}
     if not args.no_seq:
         sides["cad_seq"] = lambda: cad(seq_cfg)
-        sides["cad_threads"] = lambda: {b: score_nodes_threads(f, data.labels, data.folds, cfg,
-                                                               balance)
-                                        for b, f in features.items()}
+        sides["cad_processes"] = lambda: {b: score_nodes_processes(f, data.labels, data.folds,
+                                                                   cfg, balance)
+                                          for b, f in features.items()}
     times, outputs = interleave(sides, args.reps)
     explain: dict[str, dict] = {}
     if not args.no_explain:
@@ -220,7 +220,7 @@ def main() -> None:
     if "cad_seq" in times:
         par = times["cad_seq"].best / times["cad"].best
         solver_gain = times["sklearn"].best / times["cad_seq"].best
-        print(f"  of which process parallelism: cad_seq/cad {par:.2f}x; "
+        print(f"  of which thread parallelism: cad_seq/cad {par:.2f}x; "
               f"solver: sklearn/cad_seq {solver_gain:.2f}x")
     labels = ["cad", "sklearn", *explain]
     for b, r in per_backbone.items():
