@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -167,6 +166,16 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
             "tree_cpu_s": sum(cpu.values())}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries that over
+    ``execve`` from the forked parent, so it would report the benchmark's own footprint."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child_main(package: str, root: str, out: str, workers: str, batch_size: str) -> None:
     from cad.scoring.api import score_folder
 
@@ -177,8 +186,7 @@ def child_main(package: str, root: str, out: str, workers: str, batch_size: str)
     print(json.dumps({
         "slices": summary.slices, "files": summary.files, "seconds": seconds,
         "slices_per_s": summary.slices / seconds,
-        # ru_maxrss is in KiB on Linux
-        "main_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "main_peak_rss_mb": peak_rss_mb(),
     }))
     sys.exit(summary.exit_code)
 
