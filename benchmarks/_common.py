@@ -343,7 +343,9 @@ def as_plain_script(fn: Callable) -> Callable:
     """``fn`` run with the C library's heap as a plain script has it (glibc's mmap
     threshold at its adaptive maximum, freed blocks unmapped), then cad's heap reuse
     (``cad.heap``) restored: in one process, the obvious alternative must not get cad's
-    allocator setting for free."""
+    allocator setting for free. Large free blocks already in this process's heap are still
+    reused (glibc prefers them to a new mapping), so if anything this favours the plain side;
+    the benchmarks report page faults or CPU time per side to show what happened."""
 
     def run():
         from cad.heap import glibc_default_like, reuse_freed_memory

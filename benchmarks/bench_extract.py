@@ -34,6 +34,8 @@ a variant is ``+``-joined tokens applied to cad's path:
 ``cadcompile`` ``extract_features(compile="on")`` as the pipeline calls it: every round
             compiles again (from inductor's on-disk cache after the first);
 ``tN``      N torch threads for this side (e.g. ``t1``);
+``cadfp32`` cad's path with ``extract.precision: fp32`` (BatchNorm folding, heap reuse and
+            channels_last, no bf16): the features a user gets when they must match fp32;
 ``fp32cl``  (alone) the fp32 script with channels_last; ``fp32+tN`` the fp32 script on N
             threads.
 e.g. ``--variants compile,cadcompile,nocl+b64,t1,fp32+t1``.
@@ -203,7 +205,8 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
                                                                        normalize, bs))
             continue
         vbs = next((int(t[1:]) for t in tokens if t[0] == "b" and t[1:].isdigit()), bs)
-        vrt = Runtime(runtime.device, runtime.amp_dtype, "nocl" not in tokens)
+        amp = None if "cadfp32" in tokens else runtime.amp_dtype  # extract.precision: fp32
+        vrt = Runtime(runtime.device, amp, "nocl" not in tokens)
         if "compile" in tokens and "cadcompile" not in tokens:
             start = time.perf_counter()
             fn = compiled_extractor(model, nodes, normalize, vrt, vbs, images.shape[1:])
@@ -227,7 +230,7 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
                     "trace_s": trace_s, "compile_s": compile_s, "sides": {}}
     for side, t in times.items():
         ips_best, ips_median = n / t.best, n / t.median
-        precision = "fp32" if side.startswith("fp32") else "bf16"
+        precision = "fp32" if side.startswith("fp32") or "cadfp32" in side else "bf16"
         gflops = flops * ips_best / 1e9
         per_cpu = flops * n / t.cpu_best / 1e9
         result["sides"][side] = {**t.as_dict(), "images_per_s_best": ips_best,
