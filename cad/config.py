@@ -125,9 +125,11 @@ class ExtractConfig(Section):
         "auto",
         description="torch.compile the frozen extractor (inductor, weights frozen); auto: "
         "only when the forward work exceeds compile_min_tflop, where the one-off compile "
-        "pays for itself",
+        "pays for itself, and one image's forward is below compile_max_gflop_per_image "
+        "(small inputs, where per-op overhead is what compiling removes)",
     )
     compile_min_tflop: float = Field(20.0, gt=0)
+    compile_max_gflop_per_image: float = Field(6.0, gt=0)
 
 
 class ProbeConfig(Section):

@@ -8,8 +8,9 @@ folded, weights cast to bf16 once instead of autocast re-casting them every batc
 
 For large extractions the frozen module also goes through ``torch.compile`` (inductor with
 ``freezing``: weights become constants and conv + ReLU / add fuse into one kernel), fed
-fixed-size batches so it compiles once. ``compile="auto"`` decides from the forward FLOPs,
-counted once, so the decision (and therefore the features) never depends on timing.
+fixed-size batches so it compiles once. ``compile="auto"`` decides from the forward FLOPs
+(:func:`should_compile`), counted once, so the decision (and therefore the features) never
+depends on timing.
 """
 
 from __future__ import annotations
@@ -98,14 +99,23 @@ class CompiledOrEager:
         return self.eager(batch)
 
 
-def should_compile(setting: str, tflop: Callable[[], float], min_tflop: float) -> bool:
+def should_compile(setting: str, tflop_per_image: Callable[[], float], images: int,
+                   min_tflop: float, max_gflop_per_image: float) -> bool:
+    """``auto``: compile when the whole extraction is big enough to repay the one-off compile
+    and one image is small enough for inductor's fusion to beat eager oneDNN kernels. At
+    224 px (VGG16 31, ResNet50 8 GFLOP per image) eager ran at 55-87% of this CPU's limit and
+    compiling gained nothing or lost 30%; at 80 px (0.4-4 GFLOP) it gained 1.1-2.6x
+    (``benchmarks/bench_extract.py --variants compile``, README)."""
     if setting == "off":
         return False
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         if setting == "on":
             log.warning("extract.compile: on needs a C compiler (cc/gcc) on PATH; running eager")
         return False
-    return setting == "on" or tflop() >= min_tflop
+    if setting == "on":
+        return True
+    per_image = tflop_per_image()
+    return per_image * images >= min_tflop and per_image * 1e3 < max_gflop_per_image
 
 
 @torch.inference_mode()
@@ -120,6 +130,7 @@ def extract_features(
     progress: Callable[[int], None] | None = None,
     compile: str = "off",
     compile_min_tflop: float = 20.0,
+    compile_max_gflop_per_image: float = 6.0,
 ) -> dict[str, np.ndarray]:
     """Pooled features ``{node: (N, D) float32}`` for ``images`` (N, C, H, W) float32."""
     extractor, needs_autocast = inference_module(
@@ -129,8 +140,10 @@ def extract_features(
     forward: Callable = extractor
     pad = should_compile(
         compile,
-        lambda: forward_tflop(extractor, images.shape[1:], len(images), runtime, autocast),
+        lambda: forward_tflop(extractor, images.shape[1:], 1, runtime, autocast),
+        len(images),
         compile_min_tflop,
+        compile_max_gflop_per_image,
     )
     if pad:
         log.info("compiling the extractor (torch.compile, one-off)")

@@ -88,6 +88,7 @@ def extract_stage(out: Path, source: Source, augment: Artifact, cfg: PipelineCon
             advance,
             compile=cfg.extract.compile,
             compile_min_tflop=cfg.extract.compile_min_tflop,
+            compile_max_gflop_per_image=cfg.extract.compile_max_gflop_per_image,
         )
     save_features(features, out / "features")
     from cad.backbones import node_shapes

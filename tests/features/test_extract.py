@@ -105,14 +105,17 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog) -> None:
         np.testing.assert_allclose(fallback[node], eager[node], rtol=1e-5, atol=1e-6)
 
 
-def test_auto_compiles_only_above_the_work_threshold(monkeypatch) -> None:
+def test_auto_compiles_large_extractions_of_small_images_only(monkeypatch) -> None:
     from cad.features import extract
 
-    assert extract.should_compile("auto", lambda: 25.0, 20.0)
-    assert not extract.should_compile("auto", lambda: 5.0, 20.0)
-    assert not extract.should_compile("off", lambda: 1e9, 20.0)
+    small, large = lambda: 0.001, lambda: 0.030  # TFLOP per image: 1 and 30 GFLOP
+    assert extract.should_compile("auto", small, 25_000, 20.0, 6.0)  # 25 TFLOP in all
+    assert not extract.should_compile("auto", small, 5_000, 20.0, 6.0)  # too little work
+    assert not extract.should_compile("auto", large, 25_000, 20.0, 6.0)  # eager is as good
+    assert extract.should_compile("on", large, 1, 20.0, 6.0)
+    assert not extract.should_compile("off", small, 10**9, 20.0, 6.0)
     monkeypatch.setattr(extract.shutil, "which", lambda name: None)  # no C compiler
-    assert not extract.should_compile("on", lambda: 1e9, 20.0)
+    assert not extract.should_compile("on", small, 10**9, 20.0, 6.0)
 
 
 def test_forward_tflop_counts_the_network() -> None:
