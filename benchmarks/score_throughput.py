@@ -11,7 +11,8 @@ patients), measures in one run:
     whole process tree (polled from /proc every 200 ms: reading smaps_rollup costs CPU that
     scoring would otherwise have).
 
-The ratio (b)/(a) says how much of the model's speed survives the I/O; flat peak memory
+The ratio (b)/(a) says how much of the model's speed survives the I/O (also in the steady
+state: from the first patient's rows to the last, without start-up); flat peak memory
 between the two sizes says scoring streams. On a shared machine wall-clock rates depend on
 the load, so CPU seconds per slice (all threads and processes) are reported as well: their
 ratio is the share of scoring's CPU spent in the forward pass itself. Writes
@@ -163,7 +164,8 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
     return {**json.loads(stdout.strip().splitlines()[-1]),
             "tree_peak_rss_mb": peak_rss / 2**20, "tree_peak_pss_mb": peak_pss / 2**20,
             "worker_peak_rss_mb": max(workers_rss, default=0) / 2**20,
-            "tree_cpu_s": sum(cpu.values())}
+            "tree_cpu_s": sum(cpu.values()),
+            "workers_cpu_s": sum(v for pid, v in cpu.items() if pid != child.pid)}
 
 
 def peak_rss_mb() -> float:
@@ -179,13 +181,20 @@ def peak_rss_mb() -> float:
 def child_main(package: str, root: str, out: str, workers: str, batch_size: str) -> None:
     from cad.scoring.api import score_folder
 
+    commits: list[float] = []  # when each patient's rows were committed
     start = time.perf_counter()
     summary = score_folder(package, root, out, workers=int(workers),
-                           batch_size=int(batch_size), progress=False)
+                           batch_size=int(batch_size), progress=False,
+                           _on_commit=lambda done: commits.append(time.perf_counter()))
     seconds = time.perf_counter() - start
+    # steady state: from the first patient's commit to the last (phantom patients all have
+    # the same number of slices), i.e. without start-up, model loading and the header pass
+    per_patient = summary.slices / max(len(commits), 1)
+    steady = (summary.slices - per_patient) / (commits[-1] - commits[0]) if len(commits) > 1 \
+        else float("nan")
     print(json.dumps({
         "slices": summary.slices, "files": summary.files, "seconds": seconds,
-        "slices_per_s": summary.slices / seconds,
+        "slices_per_s": summary.slices / seconds, "steady_slices_per_s": steady,
         "main_peak_rss_mb": peak_rss_mb(),
     }))
     sys.exit(summary.exit_code)
@@ -230,6 +239,9 @@ def main() -> None:
             entry = {"patients": patients, "files": scored["files"], "slices": scored["slices"],
                      "forward_slices_per_s": forward,
                      "score_slices_per_s": scored["slices_per_s"],
+                     "score_steady_slices_per_s": scored["steady_slices_per_s"],
+                     "steady_ratio": scored["steady_slices_per_s"] / forward,
+                     "workers_cpu_ms_per_slice": 1e3 * scored["workers_cpu_s"] / scored["slices"],
                      "ratio": scored["slices_per_s"] / forward,
                      "score_seconds": scored["seconds"],
                      "forward_cpu_ms_per_slice": 1e3 * forward_cpu,
@@ -244,9 +256,12 @@ def main() -> None:
             print(f"{name:5s}: {patients} patients, {entry['files']} files, {entry['slices']} "
                   f"slices | forward {forward:6.1f} slices/s | cad score "
                   f"{entry['score_slices_per_s']:6.1f} slices/s ({entry['score_seconds']:.1f} s)"
-                  f" | ratio {entry['ratio']:.3f} | CPU ms/slice forward "
+                  f" | ratio {entry['ratio']:.3f}, steady state "
+                  f"{entry['score_steady_slices_per_s']:.1f} slices/s = {entry['steady_ratio']:.3f}"
+                  f" | CPU ms/slice forward "
                   f"{entry['forward_cpu_ms_per_slice']:.1f}, score "
-                  f"{entry['score_cpu_ms_per_slice']:.1f} (ratio {entry['cpu_ratio']:.3f}) | "
+                  f"{entry['score_cpu_ms_per_slice']:.1f} (ratio {entry['cpu_ratio']:.3f}; decode "
+                  f"workers {entry['workers_cpu_ms_per_slice']:.1f}) | "
                   f"peak RSS main {entry['main_peak_rss_mb']:.0f} MB, largest worker "
                   f"{entry['worker_peak_rss_mb']:.0f} MB, tree RSS "
                   f"{entry['tree_peak_rss_mb']:.0f} MB / PSS {entry['tree_peak_pss_mb']:.0f} MB"
