@@ -3,8 +3,8 @@
 glibc serves every allocation above its mmap threshold (adaptive, at most 32 MiB) with
 fresh pages from the kernel and unmaps them on free. A CNN forward allocates and frees
 the same large activations every batch (ResNet50 at 224 px, batch 64: ~100 MB per early
-layer), so each batch faults in and zero-fills them again: on a 2-core CPU that was 40% of
-the forward's CPU time, and the forward ran 2.8x slower at batch 64 than with reuse
+layer), so each batch faults in and zero-fills them again: on a 2-core CPU that was about
+40% of the forward's CPU time, and cad's forward ran 1.9x faster with reuse than without
 (``benchmarks/bench_forward.py`` measures it). With mmap off and automatic trimming off,
 freed blocks stay in the heap and the next batch reuses them without a fault; peak memory
 is unchanged (it is the same activations), only the kernel round trips go.
