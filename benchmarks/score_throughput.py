@@ -21,7 +21,7 @@ ratio is the share of scoring's CPU spent in the forward pass itself. Writes
     .venv/bin/python benchmarks/score_throughput.py [--patients 4] [--scale 10] \\
         [--slices 24] [--size 64] [--workers 2] [--batch-size 64] [--backbone resnet18]
 
-Clinical size: ``--backbone resnet50 --size 224 --patients 2`` (writes
+Clinical size: ``--backbone resnet50 --size 224 --patients 8 --scale 10`` (writes
 ``results/score_throughput_resnet50_224.json``).
 """
 
