@@ -123,8 +123,14 @@ class Timings:
         return statistics.median(self.cpu)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"best_s": self.best, "median_s": self.median, "all_s": self.seconds,
-                "cpu_best_s": self.cpu_best, "cpu_median_s": self.cpu_median, "cpu_all_s": self.cpu}
+        return {
+            "best_s": self.best,
+            "median_s": self.median,
+            "all_s": self.seconds,
+            "cpu_best_s": self.cpu_best,
+            "cpu_median_s": self.cpu_median,
+            "cpu_all_s": self.cpu,
+        }
 
 
 def interleave(
@@ -163,8 +169,12 @@ class MatmulLimit:
         self.n, self.tries = n, tries
         self.samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
         self.cpu_samples: dict[str, list[float]] = {"fp32": [], "bf16": []}  # per CPU-second
-        self.parts: dict[str, list[float]] = {"mm_fp32": [], "mm_bf16": [], "conv_fp32": [],
-                                               "conv_bf16": []}
+        self.parts: dict[str, list[float]] = {
+            "mm_fp32": [],
+            "mm_bf16": [],
+            "conv_fp32": [],
+            "conv_bf16": [],
+        }
 
     def _best(self, fn: Callable[[], Any]) -> tuple[float, float]:
         """Best wall seconds and best CPU seconds of ``tries`` calls."""
@@ -211,11 +221,13 @@ class MatmulLimit:
         return max(self.cpu_samples[label])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mm_n": self.n,
-                **{f"{k}_gflops_best": max(v) for k, v in self.samples.items() if v},
-                **{f"{k}_gflop_per_cpu_s_best": max(v) for k, v in self.cpu_samples.items() if v},
-                **{f"{k}_gflops_best": max(v) for k, v in self.parts.items() if v},
-                **{f"{k}_gflops_all": v for k, v in self.parts.items()}}
+        return {
+            "mm_n": self.n,
+            **{f"{k}_gflops_best": max(v) for k, v in self.samples.items() if v},
+            **{f"{k}_gflop_per_cpu_s_best": max(v) for k, v in self.cpu_samples.items() if v},
+            **{f"{k}_gflops_best": max(v) for k, v in self.parts.items() if v},
+            **{f"{k}_gflops_all": v for k, v in self.parts.items()},
+        }
 
 
 @dataclass
@@ -249,20 +261,34 @@ def phantom_training_set(
     workdir.mkdir(parents=True, exist_ok=True)
     secret = load_secret(workdir)
     runner = StageRunner(ArtifactStore(workdir / "artifacts"))
-    phantom = runner.run("phantom", cfg.section("data")["phantom"], {},
-                         lambda out: ds.phantom_stage(out, cfg))
-    made = runner.run("manifest", {"margin": cfg.data.margin}, {"phantom": phantom},
-                      lambda out: ds.phantom_manifest_stage(out, phantom, cfg.data.margin))
+    phantom = runner.run(
+        "phantom", cfg.section("data")["phantom"], {}, lambda out: ds.phantom_stage(out, cfg)
+    )
+    made = runner.run(
+        "manifest",
+        {"margin": cfg.data.margin},
+        {"phantom": phantom},
+        lambda out: ds.phantom_manifest_stage(out, phantom, cfg.data.margin),
+    )
     manifest, root = made.file("manifest.csv"), phantom.path / "dicom"
-    ingest = runner.run("ingest", {"input": cfg.section("input"), "manifest": "phantom"},
-                        {"manifest": made},
-                        lambda out: ds.ingest_stage(out, manifest, root, cfg, secret))
-    split = runner.run("split", cfg.section("split"), {"ingest": ingest},
-                       lambda out: ds.split_stage(out, ingest, cfg))
-    augment = runner.run("augment", {"balance": cfg.section("balance"),
-                                     "augment": cfg.section("augment")},
-                         {"ingest": ingest, "split": split},
-                         lambda out: ds.augment_stage(out, ingest, split, cfg))
+    ingest = runner.run(
+        "ingest",
+        {"input": cfg.section("input"), "manifest": "phantom"},
+        {"manifest": made},
+        lambda out: ds.ingest_stage(out, manifest, root, cfg, secret),
+    )
+    split = runner.run(
+        "split",
+        cfg.section("split"),
+        {"ingest": ingest},
+        lambda out: ds.split_stage(out, ingest, cfg),
+    )
+    augment = runner.run(
+        "augment",
+        {"balance": cfg.section("balance"), "augment": cfg.section("augment")},
+        {"ingest": ingest, "split": split},
+        lambda out: ds.augment_stage(out, ingest, split, cfg),
+    )
     samples = read_samples(augment.file("train_samples.csv"))
     folds_by_patient = split.read_json("splits.json")["folds"]
     all_images = np.load(ingest.file("images.npy"), mmap_mode="r")
@@ -318,17 +344,26 @@ def setup_threads(threads: int | None) -> dict[str, Any]:
 
     if threads:
         torch.set_num_threads(threads)
-    return {"torch_threads": torch.get_num_threads(),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 def add_common_args(parser: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="small version (~1-2 min)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for both sides (default: torch's, = cores)")
-    parser.add_argument("--omp-passive", action="store_true",
-                        help="OMP_WAIT_POLICY=PASSIVE for both sides (set before torch loads)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for both sides (default: torch's, = cores)",
+    )
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="OMP_WAIT_POLICY=PASSIVE for both sides (set before torch loads)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
 
 

@@ -106,8 +106,14 @@ BACKBONES = ("vgg16", "inception_v3", "resnet50")
 Features = dict[str, np.ndarray]
 
 
-def fp32_script(model: nn.Module, nodes: Sequence[str], images: np.ndarray, normalize: nn.Module,
-                batch_size: int, channels_last: bool = False) -> Features:
+def fp32_script(
+    model: nn.Module,
+    nodes: Sequence[str],
+    images: np.ndarray,
+    normalize: nn.Module,
+    batch_size: int,
+    channels_last: bool = False,
+) -> Features:
     """The obvious script: torchvision feature extractor, fp32, DataLoader, no_grad."""
     extractor = create_feature_extractor(model.eval(), return_nodes=list(nodes)).eval()
     if channels_last:
@@ -132,13 +138,20 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def compiled_extractor(model: nn.Module, nodes: Sequence[str], normalize: Normalize,
-                       runtime: Runtime, batch_size: int, shape: Sequence[int]) -> Callable:
+def compiled_extractor(
+    model: nn.Module,
+    nodes: Sequence[str],
+    normalize: Normalize,
+    runtime: Runtime,
+    batch_size: int,
+    shape: Sequence[int],
+) -> Callable:
     """cad's ``extract.compile`` path (the frozen bf16 module through torch.compile with
     inductor freezing), compiled and warmed up here at one batch shape so that the rounds
     time the steady state."""
-    module, needs_autocast = inference_module(multi_node_extractor(model, nodes), normalize,
-                                              runtime)
+    module, needs_autocast = inference_module(
+        multi_node_extractor(model, nodes), normalize, runtime
+    )
     assert not needs_autocast or runtime.amp_dtype is None
     compiled = CompiledOrEager(module)
 
@@ -174,8 +187,14 @@ def forward_flops(model: nn.Module, nodes: Sequence[str], size: int, in_chans: i
 
 
 def f1_by_node(features: Features, nodes: Sequence[str], depths: dict[str, int], data) -> dict:
-    scores = score_nodes({n: features[n] for n in nodes}, depths, data.labels, data.folds,
-                         data.config.probe, data.config.balance)
+    scores = score_nodes(
+        {n: features[n] for n in nodes},
+        depths,
+        data.labels,
+        data.folds,
+        data.config.probe,
+        data.config.balance,
+    )
     best = choose_finetune_node(scores)
     return {"f1": {s.node: s.f1_mean for s in scores}, "chosen": best.node}
 
@@ -201,8 +220,9 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
             sides[variant] = lambda: fp32_script(model, nodes, images, normalize, bs, True)
             continue
         if "fp32" in tokens:
-            sides[variant] = with_threads(threads, lambda: fp32_script(model, nodes, images,
-                                                                       normalize, bs))
+            sides[variant] = with_threads(
+                threads, lambda: fp32_script(model, nodes, images, normalize, bs)
+            )
             continue
         vbs = next((int(t[1:]) for t in tokens if t[0] == "b" and t[1:].isdigit()), bs)
         amp = None if "cadfp32" in tokens else runtime.amp_dtype  # extract.precision: fp32
@@ -214,10 +234,12 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
             sides[variant] = lambda fn=fn, vbs=vbs: run_padded(fn, nodes, images, vbs)
         elif "cadcompile" in tokens:  # extract_features(compile="on"), compile included
             sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(
-                model, nodes, images, normalize, vrt, vbs, compile="on")
+                model, nodes, images, normalize, vrt, vbs, compile="on"
+            )
         else:
-            sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(model, nodes, images,
-                                                                       normalize, vrt, vbs)
+            sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(
+                model, nodes, images, normalize, vrt, vbs
+            )
         sides[variant] = with_threads(threads, sides[variant])
 
     for side in [side for side in sides if side.startswith("fp32")]:  # the plain script's heap
@@ -226,20 +248,29 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
     trace_s = min(_time(lambda: multi_node_extractor(model, nodes)) for _ in range(2))
     times, outputs = interleave(sides, args.reps, between=limit.measure)
     n = len(images)
-    result: dict = {"nodes": nodes, "images": n, "gflop_per_image": flops / 1e9,
-                    "trace_s": trace_s, "compile_s": compile_s, "sides": {}}
+    result: dict = {
+        "nodes": nodes,
+        "images": n,
+        "gflop_per_image": flops / 1e9,
+        "trace_s": trace_s,
+        "compile_s": compile_s,
+        "sides": {},
+    }
     for side, t in times.items():
         ips_best, ips_median = n / t.best, n / t.median
         precision = "fp32" if side.startswith("fp32") or "cadfp32" in side else "bf16"
         gflops = flops * ips_best / 1e9
         per_cpu = flops * n / t.cpu_best / 1e9
-        result["sides"][side] = {**t.as_dict(), "images_per_s_best": ips_best,
-                                 "images_per_s_median": ips_median, "gflops_best": gflops,
-                                 "pct_of_limit": 100 * gflops / limit.best(precision),
-                                 "images_per_cpu_s_best": n / t.cpu_best,
-                                 "gflop_per_cpu_s_best": per_cpu,
-                                 "pct_of_limit_cpu":
-                                     100 * per_cpu / limit.best_per_cpu_s(precision)}
+        result["sides"][side] = {
+            **t.as_dict(),
+            "images_per_s_best": ips_best,
+            "images_per_s_median": ips_median,
+            "gflops_best": gflops,
+            "pct_of_limit": 100 * gflops / limit.best(precision),
+            "images_per_cpu_s_best": n / t.cpu_best,
+            "gflop_per_cpu_s_best": per_cpu,
+            "pct_of_limit_cpu": 100 * per_cpu / limit.best_per_cpu_s(precision),
+        }
     fp32 = result["sides"]["fp32"]
     for row in result["sides"].values():
         row["speedup_vs_fp32_best"] = row["images_per_s_best"] / fp32["images_per_s_best"]
@@ -250,55 +281,79 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
         # the noise floor: the fp32 script's own features, rounded once to bf16 at the end
         outputs["fp32_rounded_bf16"] = {
             n: torch.from_numpy(np.ascontiguousarray(f)).bfloat16().float().numpy()
-            for n, f in outputs["fp32"].items()}
+            for n, f in outputs["fp32"].items()
+        }
         probe = {side: f1_by_node(outputs[side], nodes, depths, data) for side in outputs}
         ref = probe["fp32"]["f1"]
         for side, p in probe.items():
             p["max_abs_df1_vs_fp32"] = max(abs(p["f1"][n] - ref[n]) for n in nodes)
             p["same_choice_as_fp32"] = p["chosen"] == probe["fp32"]["chosen"]
             p["max_rel_feature_err"] = max(
-                float(np.abs(outputs[side][n] - outputs["fp32"][n]).max()
-                      / (np.abs(outputs["fp32"][n]).max() + 1e-12)) for n in nodes)
+                float(
+                    np.abs(outputs[side][n] - outputs["fp32"][n]).max()
+                    / (np.abs(outputs["fp32"][n]).max() + 1e-12)
+                )
+                for n in nodes
+            )
         result["probe"] = probe
     return result
 
 
 def print_backbone(name: str, r: dict) -> None:
-    print(f"\n{name}: {r['images']} images, {r['gflop_per_image']:.2f} GFLOP/image, "
-          f"graph trace {r['trace_s']:.2f} s (inside each timed pass)")
+    print(
+        f"\n{name}: {r['images']} images, {r['gflop_per_image']:.2f} GFLOP/image, "
+        f"graph trace {r['trace_s']:.2f} s (inside each timed pass)"
+    )
     for variant, seconds in r["compile_s"].items():
         print(f"  {variant}: one-off compile {seconds:.1f} s (not in the rounds below)")
-    print(f"  {'side':<12} {'img/s best':>10} {'median':>8} {'GFLOP/s':>8} {'% limit':>8} "
-          f"{'x fp32':>7} {'(median)':>8} {'(cpu)':>6} {'%lim cpu':>8} {'max|dF1|':>9} "
-          f"{'chosen node':>18}")
+    print(
+        f"  {'side':<12} {'img/s best':>10} {'median':>8} {'GFLOP/s':>8} {'% limit':>8} "
+        f"{'x fp32':>7} {'(median)':>8} {'(cpu)':>6} {'%lim cpu':>8} {'max|dF1|':>9} "
+        f"{'chosen node':>18}"
+    )
     for side, row in r["sides"].items():
         p = r.get("probe", {}).get(side, {})
         df1 = f"{p['max_abs_df1_vs_fp32']:.4f}" if p else "-"
-        print(f"  {side:<12} {row['images_per_s_best']:>10.1f} {row['images_per_s_median']:>8.1f} "
-              f"{row['gflops_best']:>8.1f} {row['pct_of_limit']:>7.0f}% "
-              f"{row['speedup_vs_fp32_best']:>6.2f}x {row['speedup_vs_fp32_median']:>7.2f}x "
-              f"{row['speedup_vs_fp32_cpu']:>5.2f}x {row['pct_of_limit_cpu']:>7.0f}% "
-              f"{df1:>9} {p.get('chosen', '-'):>18}")
+        print(
+            f"  {side:<12} {row['images_per_s_best']:>10.1f} {row['images_per_s_median']:>8.1f} "
+            f"{row['gflops_best']:>8.1f} {row['pct_of_limit']:>7.0f}% "
+            f"{row['speedup_vs_fp32_best']:>6.2f}x {row['speedup_vs_fp32_median']:>7.2f}x "
+            f"{row['speedup_vs_fp32_cpu']:>5.2f}x {row['pct_of_limit_cpu']:>7.0f}% "
+            f"{df1:>9} {p.get('chosen', '-'):>18}"
+        )
     floor = r.get("probe", {}).get("fp32_rounded_bf16")
     if floor:
-        print(f"  noise floor: the fp32 features rounded once to bf16 move the probe F1 by up to "
-              f"{floor['max_abs_df1_vs_fp32']:.4f} (chosen node {floor['chosen']})")
+        print(
+            f"  noise floor: the fp32 features rounded once to bf16 move the probe F1 by up to "
+            f"{floor['max_abs_df1_vs_fp32']:.4f} (chosen node {floor['chosen']})"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
-    parser.add_argument("--size", type=int, default=None,
-                        help="input size (default: breast_mri.yaml's input.size; e.g. 224)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input size (default: breast_mri.yaml's input.size; e.g. 224)",
+    )
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--batch-size", type=int, default=32, help="as extract.batch_size")
     parser.add_argument("--reps", type=int, default=None, help="interleaved rounds (3; quick 2)")
-    parser.add_argument("--pipeline", type=Path, default=None,
-                        help="take the data of this pipeline as-is (default: a small smoke.yaml)")
+    parser.add_argument(
+        "--pipeline",
+        type=Path,
+        default=None,
+        help="take the data of this pipeline as-is (default: a small smoke.yaml)",
+    )
     parser.add_argument("--patients", type=int, default=None, help="phantom patients (16/10)")
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (1; quick 0)")
-    parser.add_argument("--variants", default="",
-                        help="comma list, e.g. compile,cadcompile,b64,nocl,nocl+b64,fp32cl")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma list, e.g. compile,cadcompile,b64,nocl,nocl+b64,fp32cl",
+    )
     parser.add_argument("--no-f1", action="store_true", help="skip the probe F1 agreement check")
     args = parser.parse_args()
     args.reps = args.reps or (2 if args.quick else 3)
@@ -312,56 +367,86 @@ def main() -> None:
     runtime = select_runtime("auto")
     if args.pipeline is None:
         pipeline = ROOT / "pipelines" / "smoke.yaml"
-        overrides = [f"input.size={args.size}", f"data.phantom.patients={patients}",
-                     f"augment.copies={copies}", "probe.n_jobs=1"]
+        overrides = [
+            f"input.size={args.size}",
+            f"data.phantom.patients={patients}",
+            f"augment.copies={copies}",
+            "probe.n_jobs=1",
+        ]
         workdir = cache_dir(f"extract-{args.size}-{patients}-{copies}")
     else:
         pipeline = args.pipeline.resolve()
         overrides = [f"input.size={args.size}", "probe.n_jobs=1"]
         workdir = cache_dir(f"data-{pipeline.stem}")
-    print(f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"threads {threads}; cad runtime: {describe(runtime)}")
+    print(
+        f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"threads {threads}; cad runtime: {describe(runtime)}"
+    )
     print(f"phantom data ({pipeline.name} + {overrides}) in {workdir}", flush=True)
     data = phantom_training_set(pipeline, overrides, workdir)
-    print(f"{len(data.images)} training images {data.images.shape[1:]}, "
-          f"{int(data.labels.sum())} positive, folds {sorted(set(data.folds.tolist()))}",
-          flush=True)
+    print(
+        f"{len(data.images)} training images {data.images.shape[1:]}, "
+        f"{int(data.labels.sum())} positive, folds {sorted(set(data.folds.tolist()))}",
+        flush=True,
+    )
 
     limit = MatmulLimit()
     results = {}
     for name in args.backbones.split(","):
         results[name] = bench_backbone(name, data, args, limit, variants)
         print_backbone(name, results[name])
-        print(f"  limit so far: bf16 {limit.best('bf16'):.0f}, fp32 {limit.best('fp32'):.0f} "
-              f"GFLOP/s; load {loadavg()}", flush=True)
+        print(
+            f"  limit so far: bf16 {limit.best('bf16'):.0f}, fp32 {limit.best('fp32'):.0f} "
+            f"GFLOP/s; load {loadavg()}",
+            flush=True,
+        )
 
     end = loadavg()
-    print(f"\nhardware limit (best torch.mm {limit.n}^2 / 3x3 conv seen in the rounds): bf16 "
-          f"{limit.best('bf16'):.0f} GFLOP/s, fp32 {limit.best('fp32'):.0f} GFLOP/s; per CPU-"
-          f"second: bf16 {limit.best_per_cpu_s('bf16'):.0f}, "
-          f"fp32 {limit.best_per_cpu_s('fp32'):.0f}")
+    print(
+        f"\nhardware limit (best torch.mm {limit.n}^2 / 3x3 conv seen in the rounds): bf16 "
+        f"{limit.best('bf16'):.0f} GFLOP/s, fp32 {limit.best('fp32'):.0f} GFLOP/s; per CPU-"
+        f"second: bf16 {limit.best_per_cpu_s('bf16'):.0f}, "
+        f"fp32 {limit.best_per_cpu_s('fp32'):.0f}"
+    )
     print("targets: cad >= 2.5x fp32, >= 60% of the bf16 limit, max|dF1| <= 0.01")
     for name, r in results.items():
         for side in [s for s in r["sides"] if s in ("cad", "compile", "cadcompile")]:
             row = r["sides"][side]
             df1 = r.get("probe", {}).get(side, {}).get("max_abs_df1_vs_fp32", float("nan"))
             label = "cad" if side == "cad" else f"cad {side}"
-            print(f"  {name:<13} {label + '/fp32':<20} {row['speedup_vs_fp32_best']:.2f}x (median "
-                  f"{row['speedup_vs_fp32_median']:.2f}x, CPU time "
-                  f"{row['speedup_vs_fp32_cpu']:.2f}x), {row['pct_of_limit']:.0f}% of limit "
-                  f"({row['pct_of_limit_cpu']:.0f}% per CPU-s), max|dF1| {df1:.4f}")
+            print(
+                f"  {name:<13} {label + '/fp32':<20} {row['speedup_vs_fp32_best']:.2f}x (median "
+                f"{row['speedup_vs_fp32_median']:.2f}x, CPU time "
+                f"{row['speedup_vs_fp32_cpu']:.2f}x), {row['pct_of_limit']:.0f}% of limit "
+                f"({row['pct_of_limit_cpu']:.0f}% per CPU-s), max|dF1| {df1:.4f}"
+            )
     print(load_note(machine["loadavg_start"], end))
     name = "bench_extract_quick" if args.quick else "bench_extract"
-    path = write_result(name, {
-        "benchmark": name, "machine": machine, "threads": threads,
-        "runtime": describe(runtime),
-        "config": {"size": args.size, "batch_size": args.batch_size, "reps": args.reps,
-                   "pipeline": pipeline.name, "overrides": overrides, "images": len(data.images),
-                   "positives": int(data.labels.sum()), "folds": len(set(data.folds.tolist())),
-                   "variants": variants},
-        "limit": limit.as_dict(), "backbones": results, "loadavg_end": end,
-        "under_load": under_load(machine["loadavg_start"]) or under_load(end),
-    }, args.out or RESULTS / f"{name}.json")
+    path = write_result(
+        name,
+        {
+            "benchmark": name,
+            "machine": machine,
+            "threads": threads,
+            "runtime": describe(runtime),
+            "config": {
+                "size": args.size,
+                "batch_size": args.batch_size,
+                "reps": args.reps,
+                "pipeline": pipeline.name,
+                "overrides": overrides,
+                "images": len(data.images),
+                "positives": int(data.labels.sum()),
+                "folds": len(set(data.folds.tolist())),
+                "variants": variants,
+            },
+            "limit": limit.as_dict(),
+            "backbones": results,
+            "loadavg_end": end,
+            "under_load": under_load(machine["loadavg_start"]) or under_load(end),
+        },
+        args.out or RESULTS / f"{name}.json",
+    )
     print(f"wrote {path}")
 
 

@@ -89,16 +89,25 @@ class _EpochClock(logging.Handler):
             self.cpu.append(time.process_time())
 
 
-def transfer_model(name: str, in_chans: int, size: int, hidden: int,
-                   dropout: float) -> TransferModel:
+def transfer_model(
+    name: str, in_chans: int, size: int, hidden: int, dropout: float
+) -> TransferModel:
     spec = get_spec(name)
     finetune_node, connection_node = CASES[name]
     torch.manual_seed(0)
     backbone = create_backbone(name, "random", in_chans).model
     torch.manual_seed(1)
-    return build_transfer_model(backbone, finetune_node, connection_node, mean=spec.mean,
-                                std=spec.std, in_chans=in_chans, size=size, hidden=hidden,
-                                dropout=dropout)
+    return build_transfer_model(
+        backbone,
+        finetune_node,
+        connection_node,
+        mean=spec.mean,
+        std=spec.std,
+        in_chans=in_chans,
+        size=size,
+        hidden=hidden,
+        dropout=dropout,
+    )
 
 
 def run_cad(model: TransferModel, data, cfg: FinetuneConfig, precision: str | None = None) -> dict:
@@ -109,15 +118,26 @@ def run_cad(model: TransferModel, data, cfg: FinetuneConfig, precision: str | No
     logger.addHandler(clock)
     old_level = logger.level
     logger.setLevel(logging.INFO)
+
     def tick(_: int) -> None:
         batches.append(time.perf_counter())
         batches_cpu.append(time.process_time())
 
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        result = train(model, data.images, data.labels, data.order, data.val_images,
-                       data.val_labels, cfg, AugmentConfig(mode="offline"), runtime,
-                       checkpoint_dir=None, progress=tick)
+        result = train(
+            model,
+            data.images,
+            data.labels,
+            data.order,
+            data.val_images,
+            data.val_labels,
+            cfg,
+            AugmentConfig(mode="offline"),
+            runtime,
+            checkpoint_dir=None,
+            progress=tick,
+        )
     finally:
         logger.removeHandler(clock)
         logger.setLevel(old_level)
@@ -131,12 +151,19 @@ def run_cad(model: TransferModel, data, cfg: FinetuneConfig, precision: str | No
     cpu1 = (batches_cpu[steps - 1] - batches_cpu[0]) / max(steps - 1, 1) if steps > 1 else 0.0
     cpu_ends = clock.cpu
     epochs_cpu = [cpu_ends[0] - (batches_cpu[0] - cpu1)] + [
-        b - a for a, b in zip(cpu_ends, cpu_ends[1:], strict=False)]
-    return {"total_s": end - start, "setup_and_cache_s": epoch1_start - start,
-            "epoch_cpu_s": epochs_cpu, "setup_and_cache_cpu_s": batches_cpu[0] - cpu1 - cpu_start,
-            "final_predict_s": end - ends[-1], "epoch_s": epochs,
-            "train_loss": [h["train_loss"] for h in result.history],
-            "used_prefix_cache": result.used_prefix_cache, "runtime": describe(runtime)}
+        b - a for a, b in zip(cpu_ends, cpu_ends[1:], strict=False)
+    ]
+    return {
+        "total_s": end - start,
+        "setup_and_cache_s": epoch1_start - start,
+        "epoch_cpu_s": epochs_cpu,
+        "setup_and_cache_cpu_s": batches_cpu[0] - cpu1 - cpu_start,
+        "final_predict_s": end - ends[-1],
+        "epoch_s": epochs,
+        "train_loss": [h["train_loss"] for h in result.history],
+        "used_prefix_cache": result.used_prefix_cache,
+        "runtime": describe(runtime),
+    }
 
 
 def run_plain(model: TransferModel, data, cfg: FinetuneConfig) -> dict:
@@ -145,8 +172,12 @@ def run_plain(model: TransferModel, data, cfg: FinetuneConfig) -> dict:
     order = torch.from_numpy(np.asarray(data.order))
     x = torch.from_numpy(data.images)[order]
     y = torch.from_numpy(data.labels)[order]
-    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -164,14 +195,20 @@ def run_plain(model: TransferModel, data, cfg: FinetuneConfig) -> dict:
             total, seen = total + loss.item() * len(yb), seen + len(yb)
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([model(val_x[i : i + cfg.batch_size])
-                                for i in range(0, len(val_x), cfg.batch_size)])
+            logits = torch.cat(
+                [model(val_x[i : i + cfg.batch_size]) for i in range(0, len(val_x), cfg.batch_size)]
+            )
         f1_score(data.val_labels, (logits.argmax(1)).numpy(), zero_division=0)
         epochs.append(time.perf_counter() - t0)
         epochs_cpu.append(time.process_time() - c0)
         losses.append(total / seen)
-    return {"total_s": time.perf_counter() - start, "setup_and_cache_s": 0.0,
-            "epoch_s": epochs, "epoch_cpu_s": epochs_cpu, "train_loss": losses}
+    return {
+        "total_s": time.perf_counter() - start,
+        "setup_and_cache_s": 0.0,
+        "epoch_s": epochs,
+        "epoch_cpu_s": epochs_cpu,
+        "train_loss": losses,
+    }
 
 
 def loss_check(base: TransferModel, data, cfg: FinetuneConfig, steps: int = 3) -> dict:
@@ -184,9 +221,15 @@ def loss_check(base: TransferModel, data, cfg: FinetuneConfig, steps: int = 3) -
     full = run_cad(copy.deepcopy(base), data, one.model_copy(update={"cache_prefix": False}))
     a, b = cached["train_loss"][0], full["train_loss"][0]
     rel = abs(a - b) / max(abs(b), 1e-12)
-    return {"loss_cached": a, "loss_full": b, "rel_diff": rel, "ok": rel <= 1e-4,
-            "used_prefix_cache": [cached["used_prefix_cache"], full["used_prefix_cache"]],
-            "fp32_cached_epoch_s": cached["epoch_s"][0], "fp32_full_epoch_s": full["epoch_s"][0]}
+    return {
+        "loss_cached": a,
+        "loss_full": b,
+        "rel_diff": rel,
+        "ok": rel <= 1e-4,
+        "used_prefix_cache": [cached["used_prefix_cache"], full["used_prefix_cache"]],
+        "fp32_cached_epoch_s": cached["epoch_s"][0],
+        "fp32_full_epoch_s": full["epoch_s"][0],
+    }
 
 
 def prefix_bound(model: TransferModel, shape) -> dict:
@@ -207,17 +250,30 @@ def prefix_bound(model: TransferModel, shape) -> dict:
         with FlopCounterMode(display=False) as counter:
             model.head(suffix(cached))
         t = counter.get_total_flops()
-    return {"prefix_gflop": p / 1e9, "trainable_gflop": t / 1e9,
-            "max_gain_from_cache": (p + 3 * t) / (3 * t)}
+    return {
+        "prefix_gflop": p / 1e9,
+        "trainable_gflop": t / 1e9,
+        "max_gain_from_cache": (p + 3 * t) / (3 * t),
+    }
 
 
 def bench_case(name: str, data, args) -> dict:
     in_chans, size = data.images.shape[1], data.images.shape[-1]
-    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=256, dropout=0.5,
-                         patience=args.epochs + 1, cache_prefix=True, precision="auto", seed=0)
+    cfg = FinetuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        hidden=256,
+        dropout=0.5,
+        patience=args.epochs + 1,
+        cache_prefix=True,
+        precision="auto",
+        seed=0,
+    )
     base = transfer_model(name, in_chans, size, cfg.hidden, cfg.dropout)
-    sides = {"cad": lambda: run_cad(copy.deepcopy(base), data, cfg),
-             "plain": as_plain_script(lambda: run_plain(copy.deepcopy(base), data, cfg))}
+    sides = {
+        "cad": lambda: run_cad(copy.deepcopy(base), data, cfg),
+        "plain": as_plain_script(lambda: run_plain(copy.deepcopy(base), data, cfg)),
+    }
     for n in args.thread_variants:  # the same two sides with n torch threads
         sides[f"cad_t{n}"] = with_threads(n, sides["cad"])
         sides[f"plain_t{n}"] = with_threads(n, sides["plain"])
@@ -225,29 +281,38 @@ def bench_case(name: str, data, args) -> dict:
     for _ in range(args.reps):  # interleaved: cad, plain, cad, plain, ...
         for side, fn in sides.items():
             runs[side].append(fn())
-    out: dict = {"finetune_node": CASES[name][0], "connection_node": CASES[name][1],
-                 "images_per_epoch": len(data.order), "epochs": cfg.epochs,
-                 "trainable_params": sum(p.numel() for p in base.trainable_parameters()),
-                 "bound": prefix_bound(base, data.images.shape[1:]),
-                 "frozen_params": sum(p.numel() for p in base.frozen_parameters().values()),
-                 "runs": runs}
+    out: dict = {
+        "finetune_node": CASES[name][0],
+        "connection_node": CASES[name][1],
+        "images_per_epoch": len(data.order),
+        "epochs": cfg.epochs,
+        "trainable_params": sum(p.numel() for p in base.trainable_parameters()),
+        "bound": prefix_bound(base, data.images.shape[1:]),
+        "frozen_params": sum(p.numel() for p in base.frozen_parameters().values()),
+        "runs": runs,
+    }
     for side, rs in runs.items():
         epochs = [e for r in rs for e in r["epoch_s"]]
         epochs_cpu = [e for r in rs for e in r["epoch_cpu_s"]]
-        out[side] = {"epoch_s_best": min(epochs), "epoch_s_median": statistics.median(epochs),
-                     "epoch_cpu_s_best": min(epochs_cpu),
-                     "epoch_cpu_s_median": statistics.median(epochs_cpu),
-                     "total_s_best": min(r["total_s"] for r in rs),
-                     "setup_and_cache_s_best": min(r["setup_and_cache_s"] for r in rs)}
+        out[side] = {
+            "epoch_s_best": min(epochs),
+            "epoch_s_median": statistics.median(epochs),
+            "epoch_cpu_s_best": min(epochs_cpu),
+            "epoch_cpu_s_median": statistics.median(epochs_cpu),
+            "total_s_best": min(r["total_s"] for r in rs),
+            "setup_and_cache_s_best": min(r["setup_and_cache_s"] for r in rs),
+        }
     out["ratio_epoch_best"] = out["plain"]["epoch_s_best"] / out["cad"]["epoch_s_best"]
     out["ratio_epoch_median"] = out["plain"]["epoch_s_median"] / out["cad"]["epoch_s_median"]
     out["ratio_total_best"] = out["plain"]["total_s_best"] / out["cad"]["total_s_best"]
     out["ratio_epoch_cpu"] = out["plain"]["epoch_cpu_s_median"] / out["cad"]["epoch_cpu_s_median"]
     for n in args.thread_variants:
         cad_n, plain_n = out[f"cad_t{n}"], out[f"plain_t{n}"]
-        out[f"t{n}"] = {"ratio_epoch_median": plain_n["epoch_s_median"] / cad_n["epoch_s_median"],
-                        "cad_speedup_vs_default_threads":
-                            out["cad"]["epoch_s_median"] / cad_n["epoch_s_median"]}
+        out[f"t{n}"] = {
+            "ratio_epoch_median": plain_n["epoch_s_median"] / cad_n["epoch_s_median"],
+            "cad_speedup_vs_default_threads": out["cad"]["epoch_s_median"]
+            / cad_n["epoch_s_median"],
+        }
     if not args.no_loss_check:
         out["loss_check"] = loss_check(base, data, cfg)
     return out
@@ -256,8 +321,9 @@ def bench_case(name: str, data, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
-    parser.add_argument("--size", type=int, default=None,
-                        help="input size (default: breast_mri.yaml's input.size)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="input size (default: breast_mri.yaml's input.size)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="5; quick 2")
     parser.add_argument("--reps", type=int, default=None, help="interleaved runs (2; quick 1)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -265,8 +331,11 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (1; quick 0)")
     parser.add_argument("--backbones", default=",".join(CASES))
     parser.add_argument("--no-loss-check", action="store_true")
-    parser.add_argument("--thread-variants", default="",
-                        help="comma list of thread counts to add as extra interleaved sides")
+    parser.add_argument(
+        "--thread-variants",
+        default="",
+        help="comma list of thread counts to add as extra interleaved sides",
+    )
     args = parser.parse_args()
     args.epochs = args.epochs or (2 if args.quick else 5)
     args.size = args.size or pipeline_input_size()
@@ -277,63 +346,101 @@ def main() -> None:
 
     machine = machine_info()
     threads = setup_threads(args.threads)
-    overrides = [f"input.size={args.size}", f"data.phantom.patients={patients}",
-                 f"augment.copies={copies}", "probe.n_jobs=1"]
+    overrides = [
+        f"input.size={args.size}",
+        f"data.phantom.patients={patients}",
+        f"augment.copies={copies}",
+        "probe.n_jobs=1",
+    ]
     workdir = cache_dir(f"extract-{args.size}-{patients}-{copies}")
-    print(f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"threads {threads}; cad runtime {describe(select_runtime('auto'))}", flush=True)
+    print(
+        f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"threads {threads}; cad runtime {describe(select_runtime('auto'))}",
+        flush=True,
+    )
     data = phantom_training_set(ROOT / "pipelines" / "smoke.yaml", overrides, workdir)
-    print(f"{len(data.images)} training images (resampled order {len(data.order)}), "
-          f"{len(data.val_images)} validation images, {data.images.shape[1:]}", flush=True)
+    print(
+        f"{len(data.images)} training images (resampled order {len(data.order)}), "
+        f"{len(data.val_images)} validation images, {data.images.shape[1:]}",
+        flush=True,
+    )
 
     results = {}
     for name in args.backbones.split(","):
         r = results[name] = bench_case(name, data, args)
         cad, plain = r["cad"], r["plain"]
-        print(f"\n{name} (finetune {r['finetune_node']} -> connection {r['connection_node']}; "
-              f"{r['images_per_epoch']} images x {r['epochs']} epochs)")
-        print(f"  cad   one-off setup + prefix cache {cad['setup_and_cache_s_best']:.2f} s, "
-              f"epoch best {cad['epoch_s_best']:.2f} s / median {cad['epoch_s_median']:.2f} s, "
-              f"total {cad['total_s_best']:.1f} s")
-        print(f"  plain epoch best {plain['epoch_s_best']:.2f} s / median "
-              f"{plain['epoch_s_median']:.2f} s, total {plain['total_s_best']:.1f} s")
-        print(f"  per epoch: {r['ratio_epoch_best']:.2f}x (best) {r['ratio_epoch_median']:.2f}x "
-              f"(median), {r['ratio_epoch_cpu']:.2f}x (CPU time, median); total over "
-              f"{r['epochs']} epochs: {r['ratio_total_best']:.2f}x")
+        print(
+            f"\n{name} (finetune {r['finetune_node']} -> connection {r['connection_node']}; "
+            f"{r['images_per_epoch']} images x {r['epochs']} epochs)"
+        )
+        print(
+            f"  cad   one-off setup + prefix cache {cad['setup_and_cache_s_best']:.2f} s, "
+            f"epoch best {cad['epoch_s_best']:.2f} s / median {cad['epoch_s_median']:.2f} s, "
+            f"total {cad['total_s_best']:.1f} s"
+        )
+        print(
+            f"  plain epoch best {plain['epoch_s_best']:.2f} s / median "
+            f"{plain['epoch_s_median']:.2f} s, total {plain['total_s_best']:.1f} s"
+        )
+        print(
+            f"  per epoch: {r['ratio_epoch_best']:.2f}x (best) {r['ratio_epoch_median']:.2f}x "
+            f"(median), {r['ratio_epoch_cpu']:.2f}x (CPU time, median); total over "
+            f"{r['epochs']} epochs: {r['ratio_total_best']:.2f}x"
+        )
         b = r["bound"]
-        print(f"  FLOPs per image: frozen prefix {b['prefix_gflop']:.2f} G, trainable part "
-              f"{b['trainable_gflop']:.2f} G: the cache alone can save at most "
-              f"{b['max_gain_from_cache']:.2f}x; the rest of the ratio ("
-              f"{r['ratio_epoch_best'] / b['max_gain_from_cache']:.2f}x or more) comes from bf16 "
-              "and the fused optimizer")
+        print(
+            f"  FLOPs per image: frozen prefix {b['prefix_gflop']:.2f} G, trainable part "
+            f"{b['trainable_gflop']:.2f} G: the cache alone can save at most "
+            f"{b['max_gain_from_cache']:.2f}x; the rest of the ratio ("
+            f"{r['ratio_epoch_best'] / b['max_gain_from_cache']:.2f}x or more) comes from bf16 "
+            "and the fused optimizer"
+        )
         for n in args.thread_variants:
             cn, pn = r[f"cad_t{n}"], r[f"plain_t{n}"]
-            print(f"  with {n} thread(s): cad epoch median {cn['epoch_s_median']:.2f} s, plain "
-                  f"{pn['epoch_s_median']:.2f} s: {r[f't{n}']['ratio_epoch_median']:.2f}x; cad "
-                  f"{r[f't{n}']['cad_speedup_vs_default_threads']:.2f}x faster than with default "
-                  "threads")
+            print(
+                f"  with {n} thread(s): cad epoch median {cn['epoch_s_median']:.2f} s, plain "
+                f"{pn['epoch_s_median']:.2f} s: {r[f't{n}']['ratio_epoch_median']:.2f}x; cad "
+                f"{r[f't{n}']['cad_speedup_vs_default_threads']:.2f}x faster than with default "
+                "threads"
+            )
         if "loss_check" in r:
             lc = r["loss_check"]
-            print(f"  fp32 first-epoch loss cached {lc['loss_cached']:.6f} vs full "
-                  f"{lc['loss_full']:.6f}: rel {lc['rel_diff']:.1e} "
-                  f"({'OK' if lc['ok'] else 'MISMATCH'} at 1e-4)")
+            print(
+                f"  fp32 first-epoch loss cached {lc['loss_cached']:.6f} vs full "
+                f"{lc['loss_full']:.6f}: rel {lc['rel_diff']:.1e} "
+                f"({'OK' if lc['ok'] else 'MISMATCH'} at 1e-4)"
+            )
         print(f"  load {loadavg()}", flush=True)
 
     end = loadavg()
     print("\ntarget: >= 3x per epoch")
     for name, r in results.items():
-        print(f"  {name:<9} per epoch {r['ratio_epoch_best']:.2f}x (median "
-              f"{r['ratio_epoch_median']:.2f}x, CPU time {r['ratio_epoch_cpu']:.2f}x), "
-              f"total {r['ratio_total_best']:.2f}x")
+        print(
+            f"  {name:<9} per epoch {r['ratio_epoch_best']:.2f}x (median "
+            f"{r['ratio_epoch_median']:.2f}x, CPU time {r['ratio_epoch_cpu']:.2f}x), "
+            f"total {r['ratio_total_best']:.2f}x"
+        )
     print(load_note(machine["loadavg_start"], end))
     name = "bench_finetune_quick" if args.quick else "bench_finetune"
-    path = write_result(name, {
-        "benchmark": name, "machine": machine, "threads": threads,
-        "config": {"size": args.size, "epochs": args.epochs, "reps": args.reps,
-                   "batch_size": args.batch_size, "phantom_overrides": overrides},
-        "cases": results, "loadavg_end": end,
-        "under_load": under_load(machine["loadavg_start"]) or under_load(end),
-    }, args.out or RESULTS / f"{name}.json")
+    path = write_result(
+        name,
+        {
+            "benchmark": name,
+            "machine": machine,
+            "threads": threads,
+            "config": {
+                "size": args.size,
+                "epochs": args.epochs,
+                "reps": args.reps,
+                "batch_size": args.batch_size,
+                "phantom_overrides": overrides,
+            },
+            "cases": results,
+            "loadavg_end": end,
+            "under_load": under_load(machine["loadavg_start"]) or under_load(end),
+        },
+        args.out or RESULTS / f"{name}.json",
+    )
     print(f"wrote {path}")
 
 

@@ -58,17 +58,26 @@ def transfer_model(name: str, size: int) -> TransferModel:
     torch.manual_seed(0)
     spec = get_spec(name)
     middle = len(spec.nodes) // 2
-    return build_transfer_model(create_backbone(name, "random", 3).model, spec.nodes[middle],
-                                spec.nodes[middle + 1], mean=spec.mean, std=spec.std,
-                                in_chans=3, size=size, hidden=256, dropout=0.5).eval()
+    return build_transfer_model(
+        create_backbone(name, "random", 3).model,
+        spec.nodes[middle],
+        spec.nodes[middle + 1],
+        mean=spec.mean,
+        std=spec.std,
+        in_chans=3,
+        size=size,
+        hidden=256,
+        dropout=0.5,
+    ).eval()
 
 
 def plain_forward(model: TransferModel, images: np.ndarray, batch_size: int) -> np.ndarray:
     """The obvious loop: fp32 eager forward, softmax, positive class."""
     data = torch.from_numpy(images)
     with torch.inference_mode():
-        logits = torch.cat([model(data[i : i + batch_size])
-                            for i in range(0, len(data), batch_size)])
+        logits = torch.cat(
+            [model(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]
+        )
     return torch.softmax(logits, dim=1)[:, 1].numpy()
 
 
@@ -109,26 +118,32 @@ def main() -> None:
     threads = setup_threads(args.threads)
     runtime = select_runtime("auto")
     model = transfer_model(args.backbone, args.size)
-    images = np.random.default_rng(0).random((args.slices, 3, args.size, args.size),
-                                             dtype=np.float32)
+    images = np.random.default_rng(0).random(
+        (args.slices, 3, args.size, args.size), dtype=np.float32
+    )
     predictor = Predictor(model, runtime, args.batch_size)
     bs = args.batch_size
     faults: dict[str, list[int]] = {"plain": [], "cad_glibc_heap": [], "cad": []}
     sides = {
-        "plain": as_plain_script(counting_faults(lambda: plain_forward(model, images, bs),
-                                                 faults["plain"])),
-        "cad_glibc_heap": as_plain_script(counting_faults(lambda: predictor(images),
-                                                          faults["cad_glibc_heap"])),
+        "plain": as_plain_script(
+            counting_faults(lambda: plain_forward(model, images, bs), faults["plain"])
+        ),
+        "cad_glibc_heap": as_plain_script(
+            counting_faults(lambda: predictor(images), faults["cad_glibc_heap"])
+        ),
         "cad": counting_faults(lambda: predictor(images), faults["cad"]),
     }
     for fn in sides.values():  # warm-up: thread pool, kernel choice, heap growth
         fn()
     for values in faults.values():
         values.clear()
-    print(f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"threads {threads}; cad runtime {describe(runtime)}; {args.backbone} "
-          f"({model.body.__class__.__name__} cut at the middle nodes), {args.slices} slices "
-          f"at {args.size} px, batch {bs}", flush=True)
+    print(
+        f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"threads {threads}; cad runtime {describe(runtime)}; {args.backbone} "
+        f"({model.body.__class__.__name__} cut at the middle nodes), {args.slices} slices "
+        f"at {args.size} px, batch {bs}",
+        flush=True,
+    )
     timings, outputs = interleave(sides, args.reps)
     end = loadavg()
     rates = {side: args.slices / t.best for side, t in timings.items()}
@@ -136,28 +151,46 @@ def main() -> None:
     diff = float(np.max(np.abs(outputs["cad"] - outputs["plain"])))
     feature_err = connection_node_error(model, predictor, images[:bs])
     for side, t in timings.items():
-        print(f"  {side:<15} {rates[side]:7.1f} slices/s (median {medians[side]:.1f}), CPU "
-              f"{1e3 * t.cpu_median / args.slices:.1f} ms/slice, page faults/slice "
-              f"{np.median(faults[side]) / args.slices:.0f}")
-    print(f"cad vs plain fp32: {rates['cad'] / rates['plain']:.2f}x (median "
-          f"{medians['cad'] / medians['plain']:.2f}x); heap reuse alone: "
-          f"{rates['cad'] / rates['cad_glibc_heap']:.2f}x; max |probability difference| "
-          f"{diff:.2e}; connection-node features: max relative difference {feature_err:.4f}")
+        print(
+            f"  {side:<15} {rates[side]:7.1f} slices/s (median {medians[side]:.1f}), CPU "
+            f"{1e3 * t.cpu_median / args.slices:.1f} ms/slice, page faults/slice "
+            f"{np.median(faults[side]) / args.slices:.0f}"
+        )
+    print(
+        f"cad vs plain fp32: {rates['cad'] / rates['plain']:.2f}x (median "
+        f"{medians['cad'] / medians['plain']:.2f}x); heap reuse alone: "
+        f"{rates['cad'] / rates['cad_glibc_heap']:.2f}x; max |probability difference| "
+        f"{diff:.2e}; connection-node features: max relative difference {feature_err:.4f}"
+    )
     print(load_note(machine["loadavg_start"], end))
     name = f"bench_forward_{args.backbone}_{args.size}" + ("_quick" if args.quick else "")
-    path = write_result(name, {
-        "benchmark": name, "machine": machine, "threads": threads, "config": vars(args),
-        "runtime": describe(runtime),
-        "sides": {side: {**t.as_dict(), "slices_per_s_best": rates[side],
-                         "slices_per_s_median": medians[side],
-                         "page_faults_per_slice": float(np.median(faults[side])) / args.slices}
-                  for side, t in timings.items()},
-        "ratio_cad_vs_plain_best": rates["cad"] / rates["plain"],
-        "ratio_cad_vs_plain_median": medians["cad"] / medians["plain"],
-        "ratio_heap_reuse": rates["cad"] / rates["cad_glibc_heap"],
-        "max_abs_prob_diff": diff, "max_rel_feature_err": feature_err, "loadavg_end": end,
-        "under_load": under_load(machine["loadavg_start"]) or under_load(end),
-    }, args.out or RESULTS / f"{name}.json")
+    path = write_result(
+        name,
+        {
+            "benchmark": name,
+            "machine": machine,
+            "threads": threads,
+            "config": vars(args),
+            "runtime": describe(runtime),
+            "sides": {
+                side: {
+                    **t.as_dict(),
+                    "slices_per_s_best": rates[side],
+                    "slices_per_s_median": medians[side],
+                    "page_faults_per_slice": float(np.median(faults[side])) / args.slices,
+                }
+                for side, t in timings.items()
+            },
+            "ratio_cad_vs_plain_best": rates["cad"] / rates["plain"],
+            "ratio_cad_vs_plain_median": medians["cad"] / medians["plain"],
+            "ratio_heap_reuse": rates["cad"] / rates["cad_glibc_heap"],
+            "max_abs_prob_diff": diff,
+            "max_rel_feature_err": feature_err,
+            "loadavg_end": end,
+            "under_load": under_load(machine["loadavg_start"]) or under_load(end),
+        },
+        args.out or RESULTS / f"{name}.json",
+    )
     print(f"wrote {path}")
 
 

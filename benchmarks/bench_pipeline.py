@@ -31,8 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, loadavg, machine_info, under_load, write_result  # noqa: E402
 
 
-def cad_run(pipeline: Path, workdir: Path, track: bool, overrides: list[str],
-            env: dict[str, str] | None = None) -> dict:
+def cad_run(
+    pipeline: Path,
+    workdir: Path,
+    track: bool,
+    overrides: list[str],
+    env: dict[str, str] | None = None,
+) -> dict:
     cad = Path(sys.executable).with_name("cad")
     cmd = [str(cad)] if cad.exists() else [sys.executable, "-c", "from cad.cli import app; app()"]
     cmd += ["run", str(pipeline), "--workdir", str(workdir)]
@@ -40,16 +45,21 @@ def cad_run(pipeline: Path, workdir: Path, track: bool, overrides: list[str],
     for item in overrides:
         cmd += ["--set", item]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"cad run failed with exit code {proc.returncode}: {' '.join(cmd)}")
     summary = json.loads((workdir / "summary.json").read_text())
-    return {"command": " ".join(cmd), "process_wall_s": round(wall, 2),
-            "pipeline_wall_s": summary["wall_s"], "stages": summary["stages"],
-            "loadavg_end": loadavg()}
+    return {
+        "command": " ".join(cmd),
+        "process_wall_s": round(wall, 2),
+        "pipeline_wall_s": summary["wall_s"],
+        "stages": summary["stages"],
+        "loadavg_end": loadavg(),
+    }
 
 
 def resolved_config(workdir: Path) -> dict:
@@ -57,10 +67,15 @@ def resolved_config(workdir: Path) -> dict:
     import yaml
 
     cfg = yaml.safe_load((workdir / "config.resolved.yaml").read_text())
-    return {"phantom": cfg["data"]["phantom"], "input_size": cfg["input"]["size"],
-            "backbones": [b["name"] for b in cfg["backbones"]],
-            "rounds": cfg["transfer"]["rounds"], "epochs": cfg["finetune"]["epochs"],
-            "augment_copies": cfg["augment"]["copies"], "folds": cfg["split"]["folds"]}
+    return {
+        "phantom": cfg["data"]["phantom"],
+        "input_size": cfg["input"]["size"],
+        "backbones": [b["name"] for b in cfg["backbones"]],
+        "rounds": cfg["transfer"]["rounds"],
+        "epochs": cfg["finetune"]["epochs"],
+        "augment_copies": cfg["augment"]["copies"],
+        "folds": cfg["split"]["folds"],
+    }
 
 
 def by_stage(stages: list[dict]) -> dict[str, dict]:
@@ -80,8 +95,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     parser.add_argument("--no-track", action="store_true", help="skip MLflow logging")
-    parser.add_argument("--omp-passive", action="store_true",
-                        help="run cad with OMP_WAIT_POLICY=PASSIVE (see bench_threads.py)")
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="run cad with OMP_WAIT_POLICY=PASSIVE (see bench_threads.py)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -111,25 +129,46 @@ def main() -> None:
     print(f"\n{'stage':<10} {'runs':>4} {'fresh s':>9} {'share':>6} {'rerun s':>8}")
     total = sum(r["wall_s"] for r in fresh.values()) or 1.0
     for stage, row in fresh.items():
-        print(f"{stage:<10} {row['runs']:>4} {row['wall_s']:>9.1f} {row['wall_s'] / total:>6.0%} "
-              f"{again.get(stage, {}).get('wall_s', 0.0):>8.2f}")
+        print(
+            f"{stage:<10} {row['runs']:>4} {row['wall_s']:>9.1f} {row['wall_s'] / total:>6.0%} "
+            f"{again.get(stage, {}).get('wall_s', 0.0):>8.2f}"
+        )
     print("\nslowest stage runs (fresh):")
     for s in sorted(first["stages"], key=lambda s: -s["wall_s"])[:8]:
         print(f"  {s['label']:<28} {s['wall_s']:8.1f} s  ({s['items']} items)")
     ratio = first["process_wall_s"] / second["process_wall_s"]
     load = loadavg()
-    print(f"\nfresh {first['process_wall_s']:.1f} s, rerun {second['process_wall_s']:.1f} s "
-          f"(fresh/rerun {ratio:.0f}x); rerun recomputed: {not_reused or 'nothing'}")
-    print(f"load average {machine['loadavg_start']} -> {load}"
-          + ("  (UNDER LOAD: other work shared the CPUs)" if under_load(load) else ""))
-    path = write_result(name, {
-        "benchmark": name, "machine": machine, "pipeline": str(pipeline.relative_to(ROOT))
-        if pipeline.is_relative_to(ROOT) else str(pipeline), "overrides": args.overrides,
-        "tracking": not args.no_track, "child_env": env, "resolved": resolved,
-        "fresh": first, "rerun": second,
-        "fresh_by_stage": fresh, "rerun_by_stage": again, "rerun_recomputed": not_reused,
-        "fresh_over_rerun": ratio, "loadavg_end": load, "under_load": under_load(load),
-    }, args.out or RESULTS / f"{name}.json")
+    print(
+        f"\nfresh {first['process_wall_s']:.1f} s, rerun {second['process_wall_s']:.1f} s "
+        f"(fresh/rerun {ratio:.0f}x); rerun recomputed: {not_reused or 'nothing'}"
+    )
+    print(
+        f"load average {machine['loadavg_start']} -> {load}"
+        + ("  (UNDER LOAD: other work shared the CPUs)" if under_load(load) else "")
+    )
+    path = write_result(
+        name,
+        {
+            "benchmark": name,
+            "machine": machine,
+            "pipeline": str(pipeline.relative_to(ROOT))
+            if pipeline.is_relative_to(ROOT)
+            else str(pipeline),
+            "overrides": args.overrides,
+            "tracking": not args.no_track,
+            "child_env": env,
+            "resolved": resolved,
+            "fresh": first,
+            "rerun": second,
+            "fresh_by_stage": fresh,
+            "rerun_by_stage": again,
+            "rerun_recomputed": not_reused,
+            "fresh_over_rerun": ratio,
+            "loadavg_end": load,
+            "under_load": under_load(load),
+        },
+        args.out or RESULTS / f"{name}.json",
+    )
     print(f"wrote {path}")
 
 

@@ -83,11 +83,19 @@ def cached_features(data, name: str, workdir: Path) -> dict[str, np.ndarray]:
     torch.manual_seed(0)
     model = create_backbone(name, "random", data.images.shape[1]).model
     start = time.perf_counter()
-    features = extract_features(model, spec.nodes, data.images,
-                                Normalize(spec.mean, spec.std, data.images.shape[1]),
-                                select_runtime("auto"), 32)
-    print(f"  extracted {name} features in {time.perf_counter() - start:.0f} s (cached in "
-          f"{directory})", flush=True)
+    features = extract_features(
+        model,
+        spec.nodes,
+        data.images,
+        Normalize(spec.mean, spec.std, data.images.shape[1]),
+        select_runtime("auto"),
+        32,
+    )
+    print(
+        f"  extracted {name} features in {time.perf_counter() - start:.0f} s (cached in "
+        f"{directory})",
+        flush=True,
+    )
     save_features(features, directory)
     (directory / "done").write_text("")
     return features
@@ -100,14 +108,16 @@ def sklearn_loop(features: dict[str, np.ndarray], labels: np.ndarray, folds: np.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for node, x in features.items():
-            scores = cross_val_score(make_pipeline(StandardScaler(), LinearSVC()), x, labels,
-                                     cv=cv, scoring="f1")
+            scores = cross_val_score(
+                make_pipeline(StandardScaler(), LinearSVC()), x, labels, cv=cv, scoring="f1"
+            )
             out[node] = float(np.mean(scores))
     return out
 
 
-def sklearn_oversampled(features: dict[str, np.ndarray], labels: np.ndarray,
-                        folds: np.ndarray, seed: int) -> dict:
+def sklearn_oversampled(
+    features: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, seed: int
+) -> dict:
     """The obvious loop plus random oversampling inside each training fold."""
     from imblearn.over_sampling import RandomOverSampler
     from imblearn.pipeline import make_pipeline as make_imb_pipeline
@@ -117,20 +127,23 @@ def sklearn_oversampled(features: dict[str, np.ndarray], labels: np.ndarray,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for node, x in features.items():
-            model = make_imb_pipeline(StandardScaler(), RandomOverSampler(random_state=seed),
-                                      LinearSVC())
+            model = make_imb_pipeline(
+                StandardScaler(), RandomOverSampler(random_state=seed), LinearSVC()
+            )
             out[node] = float(np.mean(cross_val_score(model, x, labels, cv=cv, scoring="f1")))
     return out
 
 
-def score_nodes_processes(features: dict[str, np.ndarray], labels: np.ndarray,
-                          folds: np.ndarray, cfg, balance) -> dict[str, list[float]]:
+def score_nodes_processes(
+    features: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, cfg, balance
+) -> dict[str, list[float]]:
     """Diagnostic: score_nodes' per-node work in joblib processes, as cad ran it before."""
     from joblib import Parallel, delayed
 
     nodes = list(features)
     scores = Parallel(n_jobs=cfg.n_jobs, prefer="processes")(
-        delayed(_score_node)(features[n], labels, folds, cfg, balance) for n in nodes)
+        delayed(_score_node)(features[n], labels, folds, cfg, balance) for n in nodes
+    )
     return dict(zip(nodes, scores, strict=True))
 
 
@@ -140,8 +153,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--no-seq", action="store_true", help="skip the n_jobs=1 diagnostic")
-    parser.add_argument("--no-explain", action="store_true",
-                        help="skip the untimed sklearn_over / cad_nobal F1 runs")
+    parser.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the untimed sklearn_over / cad_nobal F1 runs",
+    )
     args = parser.parse_args()
 
     machine = machine_info()
@@ -149,46 +165,62 @@ def main() -> None:
     pipeline = ROOT / "pipelines" / ("smoke.yaml" if args.quick else "breast_mri.yaml")
     overrides: list[str] = []  # the pipeline's data and input size as they are
     workdir = cache_dir(f"data-{pipeline.stem}")
-    print(f"{machine['cpu_model']}, {machine['cores']} cores; data: {pipeline.name} in {workdir}",
-          flush=True)
+    print(
+        f"{machine['cpu_model']}, {machine['cores']} cores; data: {pipeline.name} in {workdir}",
+        flush=True,
+    )
     data = phantom_training_set(pipeline, overrides, workdir)
     cfg, balance = data.config.probe, data.config.balance
     n = len(data.labels)
-    print(f"{n} training samples ({int(data.labels.sum())} positive), "
-          f"{len(set(data.folds.tolist()))} patient folds; probe {cfg.model_dump()}, "
-          f"balance {balance.model_dump()}", flush=True)
+    print(
+        f"{n} training samples ({int(data.labels.sum())} positive), "
+        f"{len(set(data.folds.tolist()))} patient folds; probe {cfg.model_dump()}, "
+        f"balance {balance.model_dump()}",
+        flush=True,
+    )
 
     from cad.backbones import get_spec
 
     features = {b: cached_features(data, b, workdir) for b in args.backbones.split(",")}
-    depths = {b: dict(zip(get_spec(b).nodes, get_spec(b).node_depths, strict=True))
-              for b in features}
+    depths = {
+        b: dict(zip(get_spec(b).nodes, get_spec(b).node_depths, strict=True)) for b in features
+    }
     dims = {b: {node: int(x.shape[1]) for node, x in f.items()} for b, f in features.items()}
     seq_cfg = cfg.model_copy(update={"n_jobs": 1})
 
     def cad(probe_cfg) -> dict:
-        return {b: score_nodes(f, depths[b], data.labels, data.folds, probe_cfg, balance)
-                for b, f in features.items()}
+        return {
+            b: score_nodes(f, depths[b], data.labels, data.folds, probe_cfg, balance)
+            for b, f in features.items()
+        }
 
-    sides = {"cad": lambda: cad(cfg),
-             "sklearn": lambda: {b: sklearn_loop(f, data.labels, data.folds)
-                                 for b, f in features.items()}}
+    sides = {
+        "cad": lambda: cad(cfg),
+        "sklearn": lambda: {
+            b: sklearn_loop(f, data.labels, data.folds) for b, f in features.items()
+        },
+    }
     if not args.no_seq:
         sides["cad_seq"] = lambda: cad(seq_cfg)
-        sides["cad_processes"] = lambda: {b: score_nodes_processes(f, data.labels, data.folds,
-                                                                   cfg, balance)
-                                          for b, f in features.items()}
+        sides["cad_processes"] = lambda: {
+            b: score_nodes_processes(f, data.labels, data.folds, cfg, balance)
+            for b, f in features.items()
+        }
     times, outputs = interleave(sides, args.reps)
     explain: dict[str, dict] = {}
     if not args.no_explain:
         nobal = balance.model_copy(update={"method": "none"})
-        explain["sklearn_over"] = {b: sklearn_oversampled(f, data.labels, data.folds,
-                                                          balance.seed)
-                                   for b, f in features.items()}
+        explain["sklearn_over"] = {
+            b: sklearn_oversampled(f, data.labels, data.folds, balance.seed)
+            for b, f in features.items()
+        }
         explain["cad_nobal"] = {
-            b: {s.node: s.f1_mean
-                for s in score_nodes(f, depths[b], data.labels, data.folds, seq_cfg, nobal)}
-            for b, f in features.items()}
+            b: {
+                s.node: s.f1_mean
+                for s in score_nodes(f, depths[b], data.labels, data.folds, seq_cfg, nobal)
+            }
+            for b, f in features.items()
+        }
 
     solver = solver_for(cfg, int((data.folds != data.folds[0]).sum()))
     per_backbone = {}
@@ -199,49 +231,78 @@ def main() -> None:
         cad_choice = choose_finetune_node(cad_scores).node
         order = {node: i for i, node in enumerate(get_spec(b).nodes)}
         sk_choice = sorted(sk_f1, key=lambda node: (-round(sk_f1[node], 12), order[node]))[0]
-        per_backbone[b] = {"dims": dims[b], "cad_f1": cad_f1, "sklearn_f1": sk_f1,
-                           "cad_choice": cad_choice, "sklearn_choice": sk_choice,
-                           "same_choice": cad_choice == sk_choice,
-                           "max_abs_df1": max(abs(cad_f1[k] - sk_f1[k]) for k in cad_f1)}
+        per_backbone[b] = {
+            "dims": dims[b],
+            "cad_f1": cad_f1,
+            "sklearn_f1": sk_f1,
+            "cad_choice": cad_choice,
+            "sklearn_choice": sk_choice,
+            "same_choice": cad_choice == sk_choice,
+            "max_abs_df1": max(abs(cad_f1[k] - sk_f1[k]) for k in cad_f1),
+        }
         for label, f1s in explain.items():
             f1 = f1s[b]
             per_backbone[b][f"{label}_f1"] = f1
             per_backbone[b][f"{label}_choice"] = sorted(
-                f1, key=lambda node: (-round(f1[node], 12), order[node]))[0]
+                f1, key=lambda node: (-round(f1[node], 12), order[node])
+            )[0]
     ratio_best = times["sklearn"].best / times["cad"].best
     ratio_median = times["sklearn"].median / times["cad"].median
     end = loadavg()
 
-    print(f"\nsolver chosen by cad for these shapes: {solver} (fold training size "
-          f"~{int((data.folds != data.folds[0]).sum())})")
+    print(
+        f"\nsolver chosen by cad for these shapes: {solver} (fold training size "
+        f"~{int((data.folds != data.folds[0]).sum())})"
+    )
     for side, t in times.items():
         print(f"  {side:<8} best {t.best:7.2f} s  median {t.median:7.2f} s")
     print(f"sklearn/cad: {ratio_best:.2f}x (best), {ratio_median:.2f}x (median)")
     if "cad_seq" in times:
         par = times["cad_seq"].best / times["cad"].best
         solver_gain = times["sklearn"].best / times["cad_seq"].best
-        print(f"  of which thread parallelism: cad_seq/cad {par:.2f}x; "
-              f"solver: sklearn/cad_seq {solver_gain:.2f}x")
+        print(
+            f"  of which thread parallelism: cad_seq/cad {par:.2f}x; "
+            f"solver: sklearn/cad_seq {solver_gain:.2f}x"
+        )
     labels = ["cad", "sklearn", *explain]
     for b, r in per_backbone.items():
-        print(f"\n{b}: chosen node cad {r['cad_choice']}, sklearn {r['sklearn_choice']} "
-              f"({'same' if r['same_choice'] else 'DIFFERENT'}); max |dF1| {r['max_abs_df1']:.3f}")
+        print(
+            f"\n{b}: chosen node cad {r['cad_choice']}, sklearn {r['sklearn_choice']} "
+            f"({'same' if r['same_choice'] else 'DIFFERENT'}); max |dF1| {r['max_abs_df1']:.3f}"
+        )
         print(f"  {'node':<18} {'dim':>5}" + "".join(f" {k:>12}" for k in labels))
         for node in r["cad_f1"]:
-            print(f"  {node:<18} {r['dims'][node]:>5}"
-                  + "".join(f" {r[f'{k}_f1'][node]:>12.3f}" for k in labels))
+            print(
+                f"  {node:<18} {r['dims'][node]:>5}"
+                + "".join(f" {r[f'{k}_f1'][node]:>12.3f}" for k in labels)
+            )
         print(f"  {'chosen':<24}" + "".join(f" {r[f'{k}_choice'][-12:]:>12}" for k in labels))
     print(load_note(machine["loadavg_start"], end))
     name = "bench_probe_quick" if args.quick else "bench_probe"
-    path = write_result(name, {
-        "benchmark": name, "machine": machine, "threads": threads,
-        "config": {"pipeline": pipeline.name, "overrides": overrides, "samples": n,
-                   "probe": cfg.model_dump(), "balance": balance.model_dump(), "solver": solver,
-                   "reps": args.reps},
-        "times": {k: v.as_dict() for k, v in times.items()},
-        "ratio_best": ratio_best, "ratio_median": ratio_median, "backbones": per_backbone,
-        "loadavg_end": end, "under_load": under_load(machine["loadavg_start"]) or under_load(end),
-    }, args.out or RESULTS / f"{name}.json")
+    path = write_result(
+        name,
+        {
+            "benchmark": name,
+            "machine": machine,
+            "threads": threads,
+            "config": {
+                "pipeline": pipeline.name,
+                "overrides": overrides,
+                "samples": n,
+                "probe": cfg.model_dump(),
+                "balance": balance.model_dump(),
+                "solver": solver,
+                "reps": args.reps,
+            },
+            "times": {k: v.as_dict() for k, v in times.items()},
+            "ratio_best": ratio_best,
+            "ratio_median": ratio_median,
+            "backbones": per_backbone,
+            "loadavg_end": end,
+            "under_load": under_load(machine["loadavg_start"]) or under_load(end),
+        },
+        args.out or RESULTS / f"{name}.json",
+    )
     print(f"wrote {path}")
 
 

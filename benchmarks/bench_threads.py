@@ -86,8 +86,12 @@ def run_child(setting: str, backbone: str, n: int, size: int) -> dict:
     env = {**os.environ, **env_extra}
     args = json.dumps([threads, backbone, n, size])
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, args, str(Path(__file__).parent)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, args, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -97,8 +101,11 @@ def run_child(setting: str, backbone: str, n: int, size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--background", default=None, help="comma list of background job counts "
-                        "(default 0,1; quick 1)")
+    parser.add_argument(
+        "--background",
+        default=None,
+        help="comma list of background job counts (default 0,1; quick 1)",
+    )
     parser.add_argument("--reps", type=int, default=None, help="interleaved rounds (2; quick 1)")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--images", type=int, default=None, help="64; quick 32")
@@ -127,31 +134,50 @@ def main() -> None:
                 p.terminate()
                 p.join()
         results[f"background_{level}"] = {
-            s: {"cad_images_per_s": max(r["cad_images_per_s"] for r in rs),
+            s: {
+                "cad_images_per_s": max(r["cad_images_per_s"] for r in rs),
                 "fp32_images_per_s": max(r["fp32_images_per_s"] for r in rs),
-                "threads": rs[0]["threads"], "runs": rs}
-            for s, rs in rows.items()}
+                "threads": rs[0]["threads"],
+                "runs": rs,
+            }
+            for s, rs in rows.items()
+        }
         results[f"background_{level}"]["loadavg"] = loadavg()
 
     end = loadavg()
     print(f"\n{args.backbone}, {args.images} images {args.size}px, best img/s of {reps} child runs")
-    print(f"{'background':>10} {'setting':<8} {'threads':>7} {'cad':>8} {'fp32':>8} "
-          f"{'cad vs default':>15}")
+    print(
+        f"{'background':>10} {'setting':<8} {'threads':>7} {'cad':>8} {'fp32':>8} "
+        f"{'cad vs default':>15}"
+    )
     for level in levels:
         r = results[f"background_{level}"]
         base = r["default"]["cad_images_per_s"]
         for s in SETTINGS:
-            print(f"{level:>10} {s:<8} {r[s]['threads']:>7} {r[s]['cad_images_per_s']:>8.1f} "
-                  f"{r[s]['fp32_images_per_s']:>8.1f} {r[s]['cad_images_per_s'] / base:>14.2f}x")
+            print(
+                f"{level:>10} {s:<8} {r[s]['threads']:>7} {r[s]['cad_images_per_s']:>8.1f} "
+                f"{r[s]['fp32_images_per_s']:>8.1f} {r[s]['cad_images_per_s'] / base:>14.2f}x"
+            )
     print(load_note(machine["loadavg_start"], end))
     name = "bench_threads_quick" if args.quick else "bench_threads"
-    path = write_result(name, {
-        "benchmark": name, "machine": machine,
-        "config": {"backbone": args.backbone, "images": args.images, "size": args.size,
-                   "reps": reps, "background": levels},
-        "results": results, "loadavg_end": end,
-        "under_load": under_load(machine["loadavg_start"]) or under_load(end),
-    }, args.out or RESULTS / f"{name}.json")
+    path = write_result(
+        name,
+        {
+            "benchmark": name,
+            "machine": machine,
+            "config": {
+                "backbone": args.backbone,
+                "images": args.images,
+                "size": args.size,
+                "reps": reps,
+                "background": levels,
+            },
+            "results": results,
+            "loadavg_end": end,
+            "under_load": under_load(machine["loadavg_start"]) or under_load(end),
+        },
+        args.out or RESULTS / f"{name}.json",
+    )
     print(f"wrote {path}")
 
 

@@ -58,14 +58,29 @@ def make_package(directory: Path, size: int, backbone: str) -> Path:
     spec = get_spec(backbone)
     middle = len(spec.nodes) // 2
     nodes = spec.nodes[middle], spec.nodes[middle + 1]
-    model = build_transfer_model(create_backbone(backbone, "random", 3).model, *nodes,
-                                 mean=spec.mean, std=spec.std, in_chans=3, size=size,
-                                 hidden=64, dropout=0.1)
-    meta = {"backbone": backbone, "round": 1, "weights_source": "random",
-            "nodes": {"finetune": nodes[0], "connection": nodes[1]},
-            "head": {"hidden": 64, "dropout": 0.1}, "classes": ["non-tumour", "tumour"],
-            "in_chans": 3, "input": json.loads(InputConfig(size=size).model_dump_json()),
-            "mean": list(spec.mean), "std": list(spec.std), "threshold": 0.5}
+    model = build_transfer_model(
+        create_backbone(backbone, "random", 3).model,
+        *nodes,
+        mean=spec.mean,
+        std=spec.std,
+        in_chans=3,
+        size=size,
+        hidden=64,
+        dropout=0.1,
+    )
+    meta = {
+        "backbone": backbone,
+        "round": 1,
+        "weights_source": "random",
+        "nodes": {"finetune": nodes[0], "connection": nodes[1]},
+        "head": {"hidden": 64, "dropout": 0.1},
+        "classes": ["non-tumour", "tumour"],
+        "in_chans": 3,
+        "input": json.loads(InputConfig(size=size).model_dump_json()),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "threshold": 0.5,
+    }
     return save_package(model.eval(), meta, directory)
 
 
@@ -75,13 +90,16 @@ def preprocessed(root: Path, spec: InputConfig) -> np.ndarray:
     from cad.data.preprocess import study_slices
     from cad.data.studies import group_studies, load_study
 
-    arrays = [study_slices(load_study(group, decode_pixels=False), spec)
-              for group in group_studies(index_folder(root, workers=2))]
+    arrays = [
+        study_slices(load_study(group, decode_pixels=False), spec)
+        for group in group_studies(index_folder(root, workers=2))
+    ]
     return np.concatenate(arrays)
 
 
-def bare_forward(package: Path, images: np.ndarray, batch_size: int,
-                 repeats: int = 2) -> tuple[float, float]:
+def bare_forward(
+    package: Path, images: np.ndarray, batch_size: int, repeats: int = 2
+) -> tuple[float, float]:
     """Best-of-``repeats`` slices/s of scoring's predictor on in-memory slices, and the CPU
     seconds (all threads) per slice of that repeat."""
     from cad.device import select_runtime
@@ -142,10 +160,19 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
     The child's process tree (main process, fork server, decode workers) is polled from
     /proc every 200 ms: peak summed RSS and PSS, the largest single process, and CPU time.
     """
-    command = [sys.executable, __file__, "--child", str(package), str(root), str(out),
-               str(workers), str(batch_size)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "CAD_SECRET": "benchmark"})
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(package),
+        str(root),
+        str(out),
+        str(workers),
+        str(batch_size),
+    ]
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "CAD_SECRET": "benchmark"}
+    )
     peak_rss = peak_pss = 0
     main_rss: dict[int, int] = {}
     cpu: dict[int, float] = {}
@@ -161,11 +188,14 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
     if child.returncode not in (0, 1):
         raise SystemExit(f"scoring child failed with exit code {child.returncode}")
     workers_rss = [rss for pid, rss in main_rss.items() if pid != child.pid]
-    return {**json.loads(stdout.strip().splitlines()[-1]),
-            "tree_peak_rss_mb": peak_rss / 2**20, "tree_peak_pss_mb": peak_pss / 2**20,
-            "worker_peak_rss_mb": max(workers_rss, default=0) / 2**20,
-            "tree_cpu_s": sum(cpu.values()),
-            "workers_cpu_s": sum(v for pid, v in cpu.items() if pid != child.pid)}
+    return {
+        **json.loads(stdout.strip().splitlines()[-1]),
+        "tree_peak_rss_mb": peak_rss / 2**20,
+        "tree_peak_pss_mb": peak_pss / 2**20,
+        "worker_peak_rss_mb": max(workers_rss, default=0) / 2**20,
+        "tree_cpu_s": sum(cpu.values()),
+        "workers_cpu_s": sum(v for pid, v in cpu.items() if pid != child.pid),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -183,20 +213,36 @@ def child_main(package: str, root: str, out: str, workers: str, batch_size: str)
 
     commits: list[float] = []  # when each patient's rows were committed
     start = time.perf_counter()
-    summary = score_folder(package, root, out, workers=int(workers),
-                           batch_size=int(batch_size), progress=False,
-                           _on_commit=lambda done: commits.append(time.perf_counter()))
+    summary = score_folder(
+        package,
+        root,
+        out,
+        workers=int(workers),
+        batch_size=int(batch_size),
+        progress=False,
+        _on_commit=lambda done: commits.append(time.perf_counter()),
+    )
     seconds = time.perf_counter() - start
     # steady state: from the first patient's commit to the last (phantom patients all have
     # the same number of slices), i.e. without start-up, model loading and the header pass
     per_patient = summary.slices / max(len(commits), 1)
-    steady = (summary.slices - per_patient) / (commits[-1] - commits[0]) if len(commits) > 1 \
+    steady = (
+        (summary.slices - per_patient) / (commits[-1] - commits[0])
+        if len(commits) > 1
         else float("nan")
-    print(json.dumps({
-        "slices": summary.slices, "files": summary.files, "seconds": seconds,
-        "slices_per_s": summary.slices / seconds, "steady_slices_per_s": steady,
-        "main_peak_rss_mb": peak_rss_mb(),
-    }))
+    )
+    print(
+        json.dumps(
+            {
+                "slices": summary.slices,
+                "files": summary.files,
+                "seconds": seconds,
+                "slices_per_s": summary.slices / seconds,
+                "steady_slices_per_s": steady,
+                "main_peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
     sys.exit(summary.exit_code)
 
 
@@ -209,63 +255,83 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backbone", default="resnet18", help="e.g. resnet50 at --size 224")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: results/score_throughput.json (resnet18, 64 px), else "
-                        "results/score_throughput_<backbone>_<size>.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: results/score_throughput.json (resnet18, 64 px), else "
+        "results/score_throughput_<backbone>_<size>.json",
+    )
     args = parser.parse_args()
     if args.out is None:
         default = args.backbone == "resnet18" and args.size == 64
-        args.out = RESULTS if default else RESULTS.with_name(
-            f"score_throughput_{args.backbone}_{args.size}.json")
+        args.out = (
+            RESULTS
+            if default
+            else RESULTS.with_name(f"score_throughput_{args.backbone}_{args.size}.json")
+        )
 
     from cad.data.phantom import generate_phantom
     from cad.device import describe, select_runtime
 
-    results: dict = {"config": vars(args) | {"out": str(args.out)},
-                     "runtime": describe(select_runtime("auto")),
-                     "cpus": os.cpu_count(), "machine": platform.machine(), "sizes": {}}
+    results: dict = {
+        "config": vars(args) | {"out": str(args.out)},
+        "runtime": describe(select_runtime("auto")),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory(prefix="cad-bench-") as tmp:
         package = make_package(Path(tmp) / "model", args.size, args.backbone)
         spec = InputConfig(size=args.size)
         for name, patients in (("small", args.patients), ("large", args.patients * args.scale)):
-            info = generate_phantom(Path(tmp) / name, patients=patients, slices=args.slices,
-                                    size=args.size, seed=3)
+            info = generate_phantom(
+                Path(tmp) / name, patients=patients, slices=args.slices, size=args.size, seed=3
+            )
             images = preprocessed(info.dicom_root, spec)
             forward, forward_cpu = bare_forward(package, images, args.batch_size)
             del images
-            scored = score_in_child(package, info.dicom_root, Path(tmp) / f"{name}.csv",
-                                    args.workers, args.batch_size)
+            scored = score_in_child(
+                package, info.dicom_root, Path(tmp) / f"{name}.csv", args.workers, args.batch_size
+            )
             score_cpu = scored["tree_cpu_s"] / scored["slices"]
-            entry = {"patients": patients, "files": scored["files"], "slices": scored["slices"],
-                     "forward_slices_per_s": forward,
-                     "score_slices_per_s": scored["slices_per_s"],
-                     "score_steady_slices_per_s": scored["steady_slices_per_s"],
-                     "steady_ratio": scored["steady_slices_per_s"] / forward,
-                     "workers_cpu_ms_per_slice": 1e3 * scored["workers_cpu_s"] / scored["slices"],
-                     "ratio": scored["slices_per_s"] / forward,
-                     "score_seconds": scored["seconds"],
-                     "forward_cpu_ms_per_slice": 1e3 * forward_cpu,
-                     "score_cpu_ms_per_slice": 1e3 * score_cpu,
-                     "cpu_ratio": forward_cpu / score_cpu,
-                     "main_peak_rss_mb": scored["main_peak_rss_mb"],
-                     "worker_peak_rss_mb": scored["worker_peak_rss_mb"],
-                     "tree_peak_rss_mb": scored["tree_peak_rss_mb"],
-                     "tree_peak_pss_mb": scored["tree_peak_pss_mb"],
-                     "load_average_1min": os.getloadavg()[0]}
+            entry = {
+                "patients": patients,
+                "files": scored["files"],
+                "slices": scored["slices"],
+                "forward_slices_per_s": forward,
+                "score_slices_per_s": scored["slices_per_s"],
+                "score_steady_slices_per_s": scored["steady_slices_per_s"],
+                "steady_ratio": scored["steady_slices_per_s"] / forward,
+                "workers_cpu_ms_per_slice": 1e3 * scored["workers_cpu_s"] / scored["slices"],
+                "ratio": scored["slices_per_s"] / forward,
+                "score_seconds": scored["seconds"],
+                "forward_cpu_ms_per_slice": 1e3 * forward_cpu,
+                "score_cpu_ms_per_slice": 1e3 * score_cpu,
+                "cpu_ratio": forward_cpu / score_cpu,
+                "main_peak_rss_mb": scored["main_peak_rss_mb"],
+                "worker_peak_rss_mb": scored["worker_peak_rss_mb"],
+                "tree_peak_rss_mb": scored["tree_peak_rss_mb"],
+                "tree_peak_pss_mb": scored["tree_peak_pss_mb"],
+                "load_average_1min": os.getloadavg()[0],
+            }
             results["sizes"][name] = entry
-            print(f"{name:5s}: {patients} patients, {entry['files']} files, {entry['slices']} "
-                  f"slices | forward {forward:6.1f} slices/s | cad score "
-                  f"{entry['score_slices_per_s']:6.1f} slices/s ({entry['score_seconds']:.1f} s)"
-                  f" | ratio {entry['ratio']:.3f}, steady state "
-                  f"{entry['score_steady_slices_per_s']:.1f} slices/s = {entry['steady_ratio']:.3f}"
-                  f" | CPU ms/slice forward "
-                  f"{entry['forward_cpu_ms_per_slice']:.1f}, score "
-                  f"{entry['score_cpu_ms_per_slice']:.1f} (ratio {entry['cpu_ratio']:.3f}; decode "
-                  f"workers {entry['workers_cpu_ms_per_slice']:.1f}) | "
-                  f"peak RSS main {entry['main_peak_rss_mb']:.0f} MB, largest worker "
-                  f"{entry['worker_peak_rss_mb']:.0f} MB, tree RSS "
-                  f"{entry['tree_peak_rss_mb']:.0f} MB / PSS {entry['tree_peak_pss_mb']:.0f} MB"
-                  f" | load {entry['load_average_1min']:.1f}", flush=True)
+            print(
+                f"{name:5s}: {patients} patients, {entry['files']} files, {entry['slices']} "
+                f"slices | forward {forward:6.1f} slices/s | cad score "
+                f"{entry['score_slices_per_s']:6.1f} slices/s ({entry['score_seconds']:.1f} s)"
+                f" | ratio {entry['ratio']:.3f}, steady state "
+                f"{entry['score_steady_slices_per_s']:.1f} slices/s = {entry['steady_ratio']:.3f}"
+                f" | CPU ms/slice forward "
+                f"{entry['forward_cpu_ms_per_slice']:.1f}, score "
+                f"{entry['score_cpu_ms_per_slice']:.1f} (ratio {entry['cpu_ratio']:.3f}; decode "
+                f"workers {entry['workers_cpu_ms_per_slice']:.1f}) | "
+                f"peak RSS main {entry['main_peak_rss_mb']:.0f} MB, largest worker "
+                f"{entry['worker_peak_rss_mb']:.0f} MB, tree RSS "
+                f"{entry['tree_peak_rss_mb']:.0f} MB / PSS {entry['tree_peak_pss_mb']:.0f} MB"
+                f" | load {entry['load_average_1min']:.1f}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"-> {args.out}")

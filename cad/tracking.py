@@ -44,8 +44,13 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_TAG = "mlflow.parentRunId"
 
 # MlflowException codes that mean "this request was wrong", not "the store is unusable".
-_REQUEST_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
-                   "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE"}
+_REQUEST_ERRORS = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+}
 _TRUNCATED = "...[truncated]"
 _FAILED: Any = object()  # sentinel: the guarded call failed or was skipped
 
@@ -122,8 +127,15 @@ def _batches(items: list, size: int) -> Iterable[list]:
 class Tracker:
     """Guarded MLflow logging: every method returns normally, whatever the server does."""
 
-    def __init__(self, uri: str, experiment: str, *, enabled: bool = True, retries: int = 2,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        *,
+        enabled: bool = True,
+        retries: int = 2,
+        timeout_s: float = 10.0,
+    ) -> None:
         self._uri = uri
         self.experiment = experiment
         self.enabled = enabled
@@ -159,8 +171,9 @@ class Tracker:
         self.failures.append(message)
         log.warning(message)
 
-    def _call(self, op: str, fn: Callable[..., Any], *args: Any, fatal: bool = False,
-              **kwargs: Any) -> Any:
+    def _call(
+        self, op: str, fn: Callable[..., Any], *args: Any, fatal: bool = False, **kwargs: Any
+    ) -> Any:
         """``fn(*args, **kwargs)``, or ``_FAILED`` if it raised (recorded) or tracking is off."""
         if self._down or not self.enabled:
             return _FAILED
@@ -189,8 +202,12 @@ class Tracker:
                     raise
                 found = client.get_experiment_by_name(self.experiment)
         if found is None or found.lifecycle_stage != "active":
-            self._fail("experiment", f"'{self.experiment}' is deleted; restore it (mlflow "
-                       "experiments restore) or set tracking.experiment", down=True)
+            self._fail(
+                "experiment",
+                f"'{self.experiment}' is deleted; restore it (mlflow "
+                "experiments restore) or set tracking.experiment",
+                down=True,
+            )
             return _FAILED
         return found.experiment_id
 
@@ -202,9 +219,14 @@ class Tracker:
             self._experiment_id = None if found is _FAILED else str(found)
         return self._experiment_id
 
-    def start_run(self, name: str, *, parent_id: str | None = None,
-                  params: Mapping[str, Any] | None = None,
-                  tags: Mapping[str, Any] | None = None) -> str | None:
+    def start_run(
+        self,
+        name: str,
+        *,
+        parent_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Create a run (a child of ``parent_id`` if given); its id, or None if tracking is off."""
         experiment_id = self.experiment_id
         if experiment_id is None or self._client is None:
@@ -212,8 +234,9 @@ class Tracker:
         run_tags = {clean_key(k): _clip(v, MAX_TAG_LENGTH) for k, v in (tags or {}).items()}
         if parent_id is not None:
             run_tags[PARENT_TAG] = parent_id
-        run = self._call("start_run", self._client.create_run, experiment_id, run_name=name,
-                         tags=run_tags)
+        run = self._call(
+            "start_run", self._client.create_run, experiment_id, run_name=name, tags=run_tags
+        )
         if run is _FAILED:
             return None
         if params:
@@ -234,8 +257,11 @@ class Tracker:
     def _log_pairs(self, op: str, run_id: str | None, pairs: Mapping[str, Any]) -> None:
         if not self._usable(run_id):
             return
-        kind, cls, limit = (("params", Param, MAX_PARAM_LENGTH) if op == "log_params"
-                            else ("tags", RunTag, MAX_TAG_LENGTH))
+        kind, cls, limit = (
+            ("params", Param, MAX_PARAM_LENGTH)
+            if op == "log_params"
+            else ("tags", RunTag, MAX_TAG_LENGTH)
+        )
         cleaned = {clean_key(k): _clip(v, limit) for k, v in pairs.items()}  # last key wins
         for batch in _batches([cls(k, v) for k, v in cleaned.items()], PARAMS_PER_BATCH):
             self._call(op, self._client.log_batch, run_id, **{kind: batch})
@@ -248,8 +274,9 @@ class Tracker:
         """Set tags (keys cleaned, values cut to MLflow's 8000 characters)."""
         self._log_pairs("set_tags", run_id, tags)
 
-    def _log_points(self, op: str, run_id: str | None,
-                    points: Iterable[tuple[str, Any, Any]]) -> None:
+    def _log_points(
+        self, op: str, run_id: str | None, points: Iterable[tuple[str, Any, Any]]
+    ) -> None:
         """Log (key, value, step) points in batch calls; a non-number fails the whole call."""
         if not self._usable(run_id):
             return
@@ -263,13 +290,15 @@ class Tracker:
             if self._call(op, self._client.log_batch, run_id, metrics=batch) is _FAILED:
                 return
 
-    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float],
-                    step: int | None = None) -> None:
+    def log_metrics(
+        self, run_id: str | None, metrics: Mapping[str, float], step: int | None = None
+    ) -> None:
         """Log scalar metrics at one step (NaN is allowed)."""
         self._log_points("log_metrics", run_id, ((k, v, step or 0) for k, v in metrics.items()))
 
-    def log_metric_steps(self, run_id: str | None, key: str, values: Sequence[float],
-                         steps: Sequence[int]) -> None:
+    def log_metric_steps(
+        self, run_id: str | None, key: str, values: Sequence[float], steps: Sequence[int]
+    ) -> None:
         """Log a whole curve in one batch call, e.g. layer F1 by node depth or per-epoch loss."""
         if len(values) != len(steps):
             if self._usable(run_id):
@@ -280,8 +309,14 @@ class Tracker:
 
     # -- artifacts and registry
 
-    def _upload(self, op: str, run_id: str | None, local: str | Path,
-                artifact_path: str | None, is_dir: bool) -> None:
+    def _upload(
+        self,
+        op: str,
+        run_id: str | None,
+        local: str | Path,
+        artifact_path: str | None,
+        is_dir: bool,
+    ) -> None:
         if not self._usable(run_id):
             return
         if not (Path(local).is_dir() if is_dir else Path(local).is_file()):
@@ -289,13 +324,15 @@ class Tracker:
             return
         self._call(op, getattr(self._client, op), run_id, str(local), artifact_path)
 
-    def log_artifact(self, run_id: str | None, path: str | Path,
-                     artifact_path: str | None = None) -> None:
+    def log_artifact(
+        self, run_id: str | None, path: str | Path, artifact_path: str | None = None
+    ) -> None:
         """Upload one local file into the run's artifacts (under ``artifact_path``)."""
         self._upload("log_artifact", run_id, path, artifact_path, is_dir=False)
 
-    def log_artifacts(self, run_id: str | None, directory: str | Path,
-                      artifact_path: str | None = None) -> None:
+    def log_artifacts(
+        self, run_id: str | None, directory: str | Path, artifact_path: str | None = None
+    ) -> None:
         """Upload a local directory tree into the run's artifacts (under ``artifact_path``)."""
         self._upload("log_artifacts", run_id, directory, artifact_path, is_dir=True)
 
@@ -308,20 +345,22 @@ class Tracker:
                 raise
         root = client.get_run(run_id).info.artifact_uri.rstrip("/")
         version = client.create_model_version(
-            name, f"{root}/{artifact_path.strip('/')}", run_id=run_id,
+            name,
+            f"{root}/{artifact_path.strip('/')}",
+            run_id=run_id,
             await_creation_for=max(1, math.ceil(self.timeout_s)),
         )
         client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
 
-    def register_model(self, run_id: str | None, artifact_path: str, name: str,
-                       alias: str = "champion") -> str | None:
+    def register_model(
+        self, run_id: str | None, artifact_path: str, name: str, alias: str = "champion"
+    ) -> str | None:
         """Register the run's ``artifact_path`` directory as a new version of model ``name``
         (created if needed) and point ``alias`` at it; the version, or None on failure."""
         if not self._usable(run_id):
             return None
-        version = self._call("register_model", self._register, run_id, artifact_path, name,
-                             alias)
+        version = self._call("register_model", self._register, run_id, artifact_path, name, alias)
         return None if version is _FAILED else version
 
 
@@ -334,8 +373,10 @@ def default_tracking_uri(workdir: Path, configured: str | None) -> str:
     return f"sqlite:///{Path(workdir).resolve()}/mlflow.db"
 
 
-_HOW = ("pass a model package directory, runs:/<run_id>/model, models:/<name>@<alias> or "
-        "models:/<name>/<version>")
+_HOW = (
+    "pass a model package directory, runs:/<run_id>/model, models:/<name>@<alias> or "
+    "models:/<name>/<version>"
+)
 
 
 def _parse_models_uri(model: str) -> tuple[str, str | None, str | None]:
@@ -357,20 +398,27 @@ def _download(client: MlflowClient, model: str, tracking_uri: str, dest: Path) -
         run_id, _, path = model[len("runs:/") :].strip("/").partition("/")
         return client.download_artifacts(run_id, path, str(dest))
     name, alias, version = _parse_models_uri(model)
-    found = (client.get_model_version_by_alias(name, alias) if alias is not None
-             else client.get_model_version(name, version))
+    found = (
+        client.get_model_version_by_alias(name, alias)
+        if alias is not None
+        else client.get_model_version(name, version)
+    )
     source = client.get_model_version_download_uri(name, found.version)
     if source.startswith("runs:/"):
         return _download(client, source, tracking_uri, dest)
     # Download the version's source ourselves: mlflow's models:/ resolver reads the registry
     # from mlflow's global default URI, not from the registry_uri it is given (mlflow 3.17).
-    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest),
-                                               tracking_uri=tracking_uri,
-                                               registry_uri=tracking_uri)
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=source,
+        dst_path=str(dest),
+        tracking_uri=tracking_uri,
+        registry_uri=tracking_uri,
+    )
 
 
-def resolve_model_uri(model: str, tracking_uri: str, dest: Path, *, retries: int = 2,
-                      timeout_s: float = 10.0) -> Path:
+def resolve_model_uri(
+    model: str, tracking_uri: str, dest: Path, *, retries: int = 2, timeout_s: float = 10.0
+) -> Path:
     """The local model-package directory for a directory, ``runs:/`` or ``models:/`` URI.
 
     URIs are downloaded into ``dest``; a directory is returned as is. Raises
@@ -389,7 +437,8 @@ def resolve_model_uri(model: str, tracking_uri: str, dest: Path, *, retries: int
         path = Path(_download(client, model, tracking_uri, Path(dest)))
     except Exception as exc:  # noqa: BLE001 - any backend error becomes a typed error
         reason = _transport_error(exc) or (
-            exc.message if isinstance(exc, MlflowException) else type(exc).__name__)
+            exc.message if isinstance(exc, MlflowException) else type(exc).__name__
+        )
         raise ModelPackageError(
             f"cannot fetch '{model}' from MLflow at {redact_uri(tracking_uri)}: {reason}. "
             "Check the URI and MLFLOW_TRACKING_URI, or pass a local model directory."

@@ -49,8 +49,13 @@ print(json.dumps(out))
 
 
 def run(env: dict[str, str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env={**os.environ, **env}, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -110,10 +110,25 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'srv.db'}",
-             "--artifacts-destination", str(root / "art")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True,
+            [
+                exe,
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'srv.db'}",
+                "--artifacts-destination",
+                str(root / "art"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env=env,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -209,13 +224,18 @@ def _round_trip(uri: str, work: Path, experiment: str, model_name: str) -> None:
     assert runs["breast_mri"].data.tags["cad.version"] == "0.1.0"
 
     assert {f.path for f in client.list_artifacts(child, "model")} == {
-        "model/model.json", "model/weights"}
+        "model/model.json",
+        "model/weights",
+    }
     assert [f.path for f in client.list_artifacts(child, "plots")] == ["plots/roc.png"]
     assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
     assert client.get_model_version(model_name, "1").run_id == child
 
-    for model_uri in (f"runs:/{child}/model", f"models:/{model_name}@champion",
-                      f"models:/{model_name}/1"):
+    for model_uri in (
+        f"runs:/{child}/model",
+        f"models:/{model_name}@champion",
+        f"models:/{model_name}/1",
+    ):
         dest = work / "downloads" / re.sub(r"\W+", "_", model_uri)
         local = resolve_model_uri(model_uri, uri, dest)
         assert local.is_dir() and local.is_relative_to(dest), model_uri

@@ -55,8 +55,13 @@ def plot_roc(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str)
         ax.plot(fpr, tpr, lw=2, label=f"AUC = {roc_auc_score(y, p):.3f}")
     else:
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center", va="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity (FPR)",
-           ylabel="sensitivity (TPR)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="1 - specificity (FPR)",
+        ylabel="sensitivity (TPR)",
+        title=title,
+    )
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     return _save(fig, path)
@@ -75,8 +80,13 @@ def plot_pr(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str) 
         ax.step(recall, precision, where="post", lw=2, label=f"AP = {ap:.3f}")
     else:
         ax.text(0.5, 0.5, "PR undefined: one class only", ha="center", va="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (sensitivity)",
-           ylabel="precision (PPV)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        title=title,
+    )
     ax.legend(loc="lower left")
     return _save(fig, path)
 
@@ -98,10 +108,16 @@ def plot_confusion(
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(cm):
         colour = "white" if share[i, j] > 0.5 else "black"
-        ax.text(j, i, f"{count}\n{100 * share[i, j]:.0f}%", ha="center", va="center",
-                color=colour)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=class_names, yticklabels=class_names,
-           xlabel="predicted", ylabel="true", title=title)
+        ax.text(j, i, f"{count}\n{100 * share[i, j]:.0f}%", ha="center", va="center", color=colour)
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=class_names,
+        yticklabels=class_names,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
     return _save(fig, path)
 
@@ -127,8 +143,15 @@ def plot_layer_scores(
     if chosen in names:
         k = list(names).index(chosen)
         ax.axvline(x[k], color="tab:red", ls=":", lw=1)
-        ax.plot(x[k], mean[k], marker="*", ms=16, color="tab:red", ls="none",
-                label=f"fine-tuning node: {chosen}")
+        ax.plot(
+            x[k],
+            mean[k],
+            marker="*",
+            ms=16,
+            color="tab:red",
+            ls="none",
+            label=f"fine-tuning node: {chosen}",
+        )
     ax.set_xticks(x, list(names), rotation=60, ha="right", fontsize=8)
     ax.set(ylim=(0, 1.02), xlabel="candidate node (by depth)", ylabel="F1", title=title)
     ax.grid(alpha=0.3)
@@ -136,8 +159,9 @@ def plot_layer_scores(
     return _save(fig, path)
 
 
-def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Path,
-                         title: str) -> Path:
+def plot_training_curves(
+    history: Sequence[Mapping[str, float]], path: str | Path, title: str
+) -> Path:
     """Train/validation loss and validation F1 per epoch (rows: epoch, train_loss, val_loss,
     val_f1; missing values are skipped)."""
     fig = _new_figure(8.0, 3.8)
@@ -155,8 +179,15 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
     if values:
         f1_ax.plot(epochs, values, marker="o", ms=3, color="tab:green", label="validation F1")
         best = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
-        f1_ax.plot(epochs[best], values[best], marker="*", ms=14, color="tab:red", ls="none",
-                   label=f"best epoch {epochs[best]:g}")
+        f1_ax.plot(
+            epochs[best],
+            values[best],
+            marker="*",
+            ms=14,
+            color="tab:red",
+            ls="none",
+            label=f"best epoch {epochs[best]:g}",
+        )
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     f1_ax.set(xlabel="epoch", ylabel="F1", ylim=(0, 1.02), title="validation F1")
     for ax, where in ((loss_ax, "upper right"), (f1_ax, "lower right")):
@@ -182,8 +213,9 @@ def plot_layer_comparison(
         if y.size and np.isfinite(y).any():
             best = int(np.nanargmax(y))
             ax.plot(x[best], y[best], marker="*", ms=12, color=line.get_color(), ls="none")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="relative depth of node",
-           ylabel="CV F1", title=title)
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.02), xlabel="relative depth of node", ylabel="CV F1", title=title
+    )
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(loc="lower right")

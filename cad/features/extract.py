@@ -99,8 +99,13 @@ class CompiledOrEager:
         return self.eager(batch)
 
 
-def should_compile(setting: str, tflop_per_image: Callable[[], float], images: int,
-                   min_tflop: float, max_gflop_per_image: float) -> bool:
+def should_compile(
+    setting: str,
+    tflop_per_image: Callable[[], float],
+    images: int,
+    min_tflop: float,
+    max_gflop_per_image: float,
+) -> bool:
     """``auto``: compile when the whole extraction is big enough to repay the one-off compile
     and one image is small enough for inductor's fusion to beat eager oneDNN kernels. At
     224 px (VGG16 31, ResNet50 8 GFLOP per image) eager ran at 55-87% of this CPU's limit and

@@ -47,29 +47,35 @@ def resolve_model(model: str | Path, tracking_uri: str | None, dest: Path) -> Pa
         raise ModelPackageError(
             f"no model package directory at '{text}'; pass the 'model' directory a run wrote "
             "(model.safetensors, model.json, SHA256SUMS), runs:/<run_id>/model, "
-            "models:/<name>@<alias> or models:/<name>/<version>")
+            "models:/<name>@<alias> or models:/<name>/<version>"
+        )
     return path
 
 
-def _check_paths(dicom_dir: Path, out: Path, errors: Path, key_map: Path | None,
-                 cam_dir: Path | None) -> None:
+def _check_paths(
+    dicom_dir: Path, out: Path, errors: Path, key_map: Path | None, cam_dir: Path | None
+) -> None:
     if not dicom_dir.is_dir():
         raise CadError("DICOM_DIR is not a folder; pass the root folder of the DICOM export")
     root = dicom_dir.resolve()
     outputs = {"--out": out, "--errors": errors, "--key-map": key_map, "--cam": cam_dir}
     for option, path in outputs.items():
         if path is not None and path.resolve().is_relative_to(root):
-            raise CadError(f"{option} points inside DICOM_DIR, which is scanned for input; "
-                           "write outputs to another folder")
+            raise CadError(
+                f"{option} points inside DICOM_DIR, which is scanned for input; "
+                "write outputs to another folder"
+            )
     if out.resolve() == errors.resolve():
         raise CadError("--errors must be a different file from --out")
     if key_map is not None:
         taken = {p.resolve() for p in (out, errors, sidecar_path(out))}
         target = key_map.resolve()
         if target in taken or (cam_dir and target.is_relative_to(cam_dir.resolve())):
-            raise CadError("--key-map must be its own file (it holds patient identifiers), not "
-                           "the predictions, errors or progress file; e.g. --key-map "
-                           "reidentification_key.csv, kept away from shared outputs")
+            raise CadError(
+                "--key-map must be its own file (it holds patient identifiers), not "
+                "the predictions, errors or progress file; e.g. --key-map "
+                "reidentification_key.csv, kept away from shared outputs"
+            )
 
 
 def default_errors_path(out: Path) -> Path:
@@ -102,8 +108,9 @@ def score_folder(
     started = time.perf_counter()
     level = look_up_option(level, LEVELS, "--level")
     if batch_size < 1 or workers < 0:
-        raise CadError(f"--batch-size must be >= 1 and --workers >= 0; got {batch_size} "
-                       f"and {workers}")
+        raise CadError(
+            f"--batch-size must be >= 1 and --workers >= 0; got {batch_size} and {workers}"
+        )
     dicom_dir, out = Path(dicom_dir), Path(out)
     errors = Path(errors) if errors is not None else default_errors_path(out)
     key_map = Path(key_map) if key_map is not None else None
@@ -120,8 +127,13 @@ def score_folder(
         net = runtime.prepare(loaded.model)
         secret = load_secret()
         pseudo = Pseudonymizer(secret)
-        log.info("model %s (%s), threshold %.4f; %s", loaded.meta.get("backbone", "?"),
-                 pseudo.key("model", model_digest), loaded.threshold, describe(runtime))
+        log.info(
+            "model %s (%s), threshold %.4f; %s",
+            loaded.meta.get("backbone", "?"),
+            pseudo.key("model", model_digest),
+            loaded.threshold,
+            describe(runtime),
+        )
 
         paths = walk(dicom_dir)
         if not paths:
@@ -129,8 +141,13 @@ def score_folder(
         with progress_or_nothing(progress, "index", len(paths), "files") as advance:
             index = index_folder_stream(paths, secret, pool, key_map is not None, advance)
         del paths
-        fingerprint = {"model": pseudo.key("model", model_digest, 32), "folder": index.digest,
-                       "level": level, "key_map": key_map is not None, "cam": cam_dir is not None}
+        fingerprint = {
+            "model": pseudo.key("model", model_digest, 32),
+            "folder": index.digest,
+            "level": level,
+            "key_map": key_map is not None,
+            "cam": cam_dir is not None,
+        }
         run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit)
         summary = run.execute(index, pool, out, errors, key_map, fingerprint, resume, progress)
     summary.seconds = time.perf_counter() - started
@@ -141,12 +158,18 @@ def score_folder(
 
 
 def _log_summary(s: ScoreSummary) -> None:
-    log.info("scored %d slices of %d/%d studies in %.1f s (%.1f slices/s); %d files skipped "
-             "(other series of scored studies)", s.slices, s.studies_scored, s.studies,
-             s.seconds, s.slices_per_second, s.skipped)
+    log.info(
+        "scored %d slices of %d/%d studies in %.1f s (%.1f slices/s); %d files skipped "
+        "(other series of scored studies)",
+        s.slices,
+        s.studies_scored,
+        s.studies,
+        s.seconds,
+        s.slices_per_second,
+        s.skipped,
+    )
     if s.error_files:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(s.errors.items()))
-        log.warning("%d of %d files not scored (%s); see the errors file", s.error_files,
-                    s.files, detail)
-
-
+        log.warning(
+            "%d of %d files not scored (%s); see the errors file", s.error_files, s.files, detail
+        )

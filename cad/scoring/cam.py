@@ -80,6 +80,7 @@ class CamWriter:
             self.enabled = False
             return
         for image, cam, sample, prob in zip(images, cams, samples, probs, strict=True):
-            save_overlay(self.directory / f"{sample}.png", image[0], cam,
-                         f"{sample}  p={float(prob):.3f}")
+            save_overlay(
+                self.directory / f"{sample}.png", image[0], cam, f"{sample}  p={float(prob):.3f}"
+            )
             self.written += 1

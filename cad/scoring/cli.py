@@ -12,30 +12,62 @@ import typer
 
 
 def score_command(
-    dicom_dir: Annotated[Path, typer.Argument(help="Root folder of a DICOM export; walked "
-                                              "recursively.")],
-    model: Annotated[str, typer.Option(help="Model package directory (model.safetensors, "
-                                       "model.json, SHA256SUMS), runs:/<run_id>/model, "
-                                       "models:/<name>@<alias> or models:/<name>/<version>.")],
+    dicom_dir: Annotated[
+        Path, typer.Argument(help="Root folder of a DICOM export; walked recursively.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model package directory (model.safetensors, "
+            "model.json, SHA256SUMS), runs:/<run_id>/model, "
+            "models:/<name>@<alias> or models:/<name>/<version>."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Predictions CSV: one row per slice.")],
-    errors: Annotated[Path | None, typer.Option(help="CSV of files not scored, with their "
-                                                "outcome. Default: <out stem>.errors.csv.")] = None,
-    level: Annotated[str, typer.Option(help="Also write aggregated rows per 'series' or per "
-                                       "'patient' (max, mean, positive slices); 'slice': "
-                                       "slice rows only.")] = "slice",
+    errors: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV of files not scored, with their outcome. Default: <out stem>.errors.csv."
+        ),
+    ] = None,
+    level: Annotated[
+        str,
+        typer.Option(
+            help="Also write aggregated rows per 'series' or per "
+            "'patient' (max, mean, positive slices); 'slice': "
+            "slice rows only."
+        ),
+    ] = "slice",
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 64,
     workers: Annotated[int, typer.Option(help="Decoding worker processes (0: none).")] = 2,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: "
-                                         "score only what is missing.")] = False,
-    cam: Annotated[Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) of slices "
-                                             "at or above the threshold into this folder.")] = None,
-    key_map: Annotated[Path | None, typer.Option(help="Also write a re-identification CSV "
-                                                 "(pseudonym -> PatientID, UIDs, paths). It "
-                                                 "holds PHI: keep it private.")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ "
-                                                     "and models:/ models. Default: "
-                                                     "$MLFLOW_TRACKING_URI, else "
-                                                     "sqlite:///mlflow.db.")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted run: score only what is missing."),
+    ] = False,
+    cam: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write Grad-CAM overlays (PNG) of slices "
+            "at or above the threshold into this folder."
+        ),
+    ] = None,
+    key_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a re-identification CSV "
+            "(pseudonym -> PatientID, UIDs, paths). It "
+            "holds PHI: keep it private."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI for runs:/ "
+            "and models:/ models. Default: "
+            "$MLFLOW_TRACKING_URI, else "
+            "sqlite:///mlflow.db."
+        ),
+    ] = None,
 ) -> None:
     """Score every DICOM study below DICOM_DIR with a trained model.
 
@@ -53,22 +85,37 @@ def score_command(
     from cad.log import console
     from cad.scoring.api import score_folder
 
-    summary = score_folder(model, dicom_dir, out, errors=errors, level=level,
-                           batch_size=batch_size, workers=workers, resume=resume, cam_dir=cam,
-                           key_map=key_map, tracking_uri=tracking_uri)
+    summary = score_folder(
+        model,
+        dicom_dir,
+        out,
+        errors=errors,
+        level=level,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        cam_dir=cam,
+        key_map=key_map,
+        tracking_uri=tracking_uri,
+    )
     table = Table(title="cad score")
     table.add_column("")
     table.add_column("count", justify="right")
-    rows = [("files", summary.files), ("studies scored", f"{summary.studies_scored} of "
-                                                         f"{summary.studies}"),
-            ("slices scored", summary.slices), ("files scored", summary.scored_files),
-            ("files skipped (other series)", summary.skipped)]
+    rows = [
+        ("files", summary.files),
+        ("studies scored", f"{summary.studies_scored} of {summary.studies}"),
+        ("slices scored", summary.slices),
+        ("files scored", summary.scored_files),
+        ("files skipped (other series)", summary.skipped),
+    ]
     rows += [(f"not scored: {outcome}", n) for outcome, n in summary.errors.items()]
     if cam is not None:
         rows.append(("heat maps", summary.cams))
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
-    console.print(f"predictions: {summary.predictions}\nerrors: {summary.errors_csv}"
-                  + (f"\nkey map (PHI, keep private): {summary.key_map}" if key_map else ""))
+    console.print(
+        f"predictions: {summary.predictions}\nerrors: {summary.errors_csv}"
+        + (f"\nkey map (PHI, keep private): {summary.key_map}" if key_map else "")
+    )
     raise typer.Exit(summary.exit_code)

@@ -33,9 +33,15 @@ class Scored:
 class Batcher:
     """Accumulates slices of consecutive studies and predicts them ``batch_size`` at a time."""
 
-    def __init__(self, model: TransferModel, runtime: Runtime, batch_size: int,
-                 threshold: float, cam: CamWriter | None = None,
-                 prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        model: TransferModel,
+        runtime: Runtime,
+        batch_size: int,
+        threshold: float,
+        cam: CamWriter | None = None,
+        prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.predict = Predictor(model, runtime, batch_size)
         self.prepare = prepare  # LoadedModel.prepare_images: e.g. the package's denoiser
         self.batch_size = batch_size
@@ -116,16 +122,43 @@ class Aggregate:
 
     def row(self, level: str, patient: str, study: str = "", series: str = "") -> list:
         mean = self.total / self.slices
-        return [level, patient, study, series, "", "", "", "", int(self.positive > 0),
-                self.slices, self.positive, f"{self.peak:.6f}", f"{mean:.6f}"]
+        return [
+            level,
+            patient,
+            study,
+            series,
+            "",
+            "",
+            "",
+            "",
+            int(self.positive > 0),
+            self.slices,
+            self.positive,
+            f"{self.peak:.6f}",
+            f"{mean:.6f}",
+        ]
 
 
 def slice_rows(scored: Scored, threshold: float) -> list[list]:
     """One predictions.csv row per slice (columns: ``writers.PREDICTION_COLUMNS``)."""
     r = scored.result
     return [
-        ["slice", r.patient, r.study, r.series, instance, index, sample, f"{p:.6f}",
-         int(p >= threshold), "", "", "", ""]
-        for index, (instance, sample, p) in enumerate(zip(r.instances, r.samples, scored.probs,
-                                                          strict=True))
+        [
+            "slice",
+            r.patient,
+            r.study,
+            r.series,
+            instance,
+            index,
+            sample,
+            f"{p:.6f}",
+            int(p >= threshold),
+            "",
+            "",
+            "",
+            "",
+        ]
+        for index, (instance, sample, p) in enumerate(
+            zip(r.instances, r.samples, scored.probs, strict=True)
+        )
     ]

@@ -32,9 +32,17 @@ def _patients(studies: list[StudyTask]) -> list[str]:
 class Run:
     """Holds the model and options; ``execute`` does one pass and returns the summary."""
 
-    def __init__(self, loaded: LoadedModel, model: TransferModel, runtime: Runtime,
-                 secret: bytes, level: str, batch_size: int, cam_dir: Path | None,
-                 on_commit: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        model: TransferModel,
+        runtime: Runtime,
+        secret: bytes,
+        level: str,
+        batch_size: int,
+        cam_dir: Path | None,
+        on_commit: Callable[[int], None] | None,
+    ) -> None:
         self.loaded = loaded
         self.model = model  # loaded.model prepared for the runtime
         self.threshold = loaded.threshold
@@ -46,9 +54,17 @@ class Run:
         self.cam_dir = cam_dir
         self.on_commit = on_commit
 
-    def execute(self, index: FolderIndex, pool: WorkerPool, out: Path, errors: Path,
-                key_map: Path | None, fingerprint: dict, resume: bool,
-                show_progress: bool) -> ScoreSummary:
+    def execute(
+        self,
+        index: FolderIndex,
+        pool: WorkerPool,
+        out: Path,
+        errors: Path,
+        key_map: Path | None,
+        fingerprint: dict,
+        resume: bool,
+        show_progress: bool,
+    ) -> ScoreSummary:
         outputs = Outputs(out, errors, key_map, fingerprint, resume)
         try:
             summary = self._execute(index, pool, outputs, key_map is not None, show_progress)
@@ -57,31 +73,57 @@ class Run:
         summary.resumed = outputs.resumed
         return summary
 
-    def _execute(self, index: FolderIndex, pool: WorkerPool, outputs: Outputs, key_map: bool,
-                 show_progress: bool) -> ScoreSummary:
+    def _execute(
+        self,
+        index: FolderIndex,
+        pool: WorkerPool,
+        outputs: Outputs,
+        key_map: bool,
+        show_progress: bool,
+    ) -> ScoreSummary:
         state = outputs.state
-        self.counts = state.counts or {"errors": {}, "studies": 0, "studies_scored": 0,
-                                       "slices": 0, "scored_files": 0, "skipped": 0,
-                                       "cams": 0}
+        self.counts = state.counts or {
+            "errors": {},
+            "studies": 0,
+            "studies_scored": 0,
+            "slices": 0,
+            "scored_files": 0,
+            "skipped": 0,
+            "cams": 0,
+        }
         if not state.header_done:
             outputs.write("errors", index.errors)
             if key_map:
-                outputs.write("key_map", [(row[0], "path", path) for row, path
-                                          in zip(index.errors, index.error_paths, strict=True)])
+                outputs.write(
+                    "key_map",
+                    [
+                        (row[0], "path", path)
+                        for row, path in zip(index.errors, index.error_paths, strict=True)
+                    ],
+                )
             self._count_errors(index.errors)
             outputs.commit(State(0, "", self.counts, header_done=True))
         patients = _patients(index.studies)
         done = outputs.state.patients_done
         if done and (done > len(patients) or patients[done - 1] != outputs.state.last_patient):
-            raise CadError("--resume: the progress file does not match this folder; rerun "
-                           "without --resume to start over")
+            raise CadError(
+                "--resume: the progress file does not match this folder; rerun "
+                "without --resume to start over"
+            )
         if outputs.resumed:
             log.info("resuming: %d of %d patients were already scored", done, len(patients))
         if not outputs.state.complete:
             todo = self._todo(index.studies, done)
             self._score(todo, pool, outputs, key_map, done, show_progress)
-            outputs.commit(State(len(patients), patients[-1] if patients else "", self.counts,
-                                 header_done=True, complete=True))
+            outputs.commit(
+                State(
+                    len(patients),
+                    patients[-1] if patients else "",
+                    self.counts,
+                    header_done=True,
+                    complete=True,
+                )
+            )
         return summary_from_counts(self.counts, index.files)
 
     @staticmethod
@@ -97,13 +139,26 @@ class Run:
         merged = Counter(self.counts["errors"]) + Counter(outcome for _, outcome, _ in rows)
         self.counts["errors"] = dict(sorted(merged.items()))
 
-    def _score(self, todo: list[StudyTask], pool: WorkerPool, outputs: Outputs, key_map: bool,
-               patients_done: int, show_progress: bool) -> None:
+    def _score(
+        self,
+        todo: list[StudyTask],
+        pool: WorkerPool,
+        outputs: Outputs,
+        key_map: bool,
+        patients_done: int,
+        show_progress: bool,
+    ) -> None:
         cam = None
         if self.cam_dir is not None:
             cam = CamWriter(self.model, self.cam_dir, self.runtime.device)
-        batcher = Batcher(self.model, self.runtime, self.batch_size, self.threshold, cam,
-                          self.loaded.prepare_images)
+        batcher = Batcher(
+            self.model,
+            self.runtime,
+            self.batch_size,
+            self.threshold,
+            cam,
+            self.loaded.prepare_images,
+        )
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()
         inflight = max(2 * pool.workers, 2)
@@ -122,16 +177,18 @@ class Run:
         first_of_patient = r.patient != self._patient
         if first_of_patient:
             self._patient, self._patient_agg = r.patient, Aggregate()
-        key_rows = r.key_rows if first_of_patient else [
-            row for row in r.key_rows if row[1] != "PatientID"]
+        key_rows = (
+            r.key_rows if first_of_patient else [row for row in r.key_rows if row[1] != "PatientID"]
+        )
         if len(scored.probs):
             outputs.write("predictions", slice_rows(scored, self.threshold))
             study_agg = Aggregate()
             study_agg.add(scored.probs, self.threshold)
             self._patient_agg.add(scored.probs, self.threshold)
             if self.level == "series":
-                outputs.write("predictions", [study_agg.row("series", r.patient, r.study,
-                                                            r.series)])
+                outputs.write(
+                    "predictions", [study_agg.row("series", r.patient, r.study, r.series)]
+                )
             counts["studies_scored"] += 1
             counts["slices"] += study_agg.slices
             if self._cam is not None and self._cam.enabled:

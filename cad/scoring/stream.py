@@ -163,8 +163,9 @@ def _header_crash(paths: list[str], secret: bytes) -> list[tuple[str, str, str, 
 def process_study(task: StudyTask, spec: InputConfig, secret: bytes, key_map: bool) -> StudyResult:
     """Decode and preprocess one study exactly as training ingest does; never raises."""
     pseudo = Pseudonymizer(secret)
-    result = StudyResult(task.patient, task.study, files=len(task.paths),
-                         last_of_patient=task.last_of_patient)
+    result = StudyResult(
+        task.patient, task.study, files=len(task.paths), last_of_patient=task.last_of_patient
+    )
     records = [read_header(Path(p)) for p in task.paths]
     broken = [rec for rec in records if rec.outcome != Outcome.OK]  # unusable on their own
     try:
@@ -177,8 +178,10 @@ def process_study(task: StudyTask, spec: InputConfig, secret: bytes, key_map: bo
         study = load_study(groups[0], decode_pixels=False)
         needed = needed_phases(spec)
         if needed - set(study.phases):
-            reason = (f"the model needs phases {', '.join(sorted(needed))}; "
-                      f"this study has {study.describe_phases()}")
+            reason = (
+                f"the model needs phases {', '.join(sorted(needed))}; "
+                f"this study has {study.describe_phases()}"
+            )
             return _unusable(result, records, pseudo, MISSING_PHASE, reason, key_map)
         try:
             images = study_slices(study, spec)
@@ -200,8 +203,15 @@ def process_study(task: StudyTask, spec: InputConfig, secret: bytes, key_map: bo
     return result
 
 
-def _fill(result: StudyResult, study: Study, reference: Any, images: np.ndarray,
-          needed: set[str], pseudo: Pseudonymizer, key_map: bool) -> None:
+def _fill(
+    result: StudyResult,
+    study: Study,
+    reference: Any,
+    images: np.ndarray,
+    needed: set[str],
+    pseudo: Pseudonymizer,
+    key_map: bool,
+) -> None:
     used = {id(f.record) for name in needed for f in study.phases[name].frames}
     result.scored_files = len(used)
     # Readable files of a scored study outside the needed volumes (localizer, T1, later
@@ -213,36 +223,54 @@ def _fill(result: StudyResult, study: Study, reference: Any, images: np.ndarray,
         result.instances.append(pseudo.instance(frame.record.sop_uid))
         result.samples.append(pseudo.slice(study.study_uid, i))
     if key_map:
-        rows = [(result.patient, "PatientID", study.patient_id),
-                (result.study, "StudyInstanceUID", study.study_uid),
-                (result.series, "SeriesInstanceUID", reference.series_uid)]
+        rows = [
+            (result.patient, "PatientID", study.patient_id),
+            (result.study, "StudyInstanceUID", study.study_uid),
+            (result.series, "SeriesInstanceUID", reference.series_uid),
+        ]
         for key, frame in zip(result.instances, reference.frames, strict=True):
-            rows += [(key, "SOPInstanceUID", frame.record.sop_uid),
-                     (key, "path", str(frame.record.path))]
+            rows += [
+                (key, "SOPInstanceUID", frame.record.sop_uid),
+                (key, "path", str(frame.record.path)),
+            ]
         result.key_rows = list(dict.fromkeys(rows))  # multi-frame files repeat instances
 
 
-def _unusable(result: StudyResult, records: list, pseudo: Pseudonymizer, outcome: str,
-              reason: str, key_map: bool) -> StudyResult:
+def _unusable(
+    result: StudyResult,
+    records: list,
+    pseudo: Pseudonymizer,
+    outcome: str,
+    reason: str,
+    key_map: bool,
+) -> StudyResult:
     """Every file of the study becomes an error row; files that failed on their own
     (corrupt, ambiguous geometry or phase, ...) keep their own outcome and reason."""
     for rec in records:
         own = rec.outcome != Outcome.OK
         key = pseudo.file(rec.path)
-        result.errors.append((key, rec.outcome.value if own else outcome,
-                              rec.reason if own else reason))
+        result.errors.append(
+            (key, rec.outcome.value if own else outcome, rec.reason if own else reason)
+        )
         if key_map:
             result.key_rows.append((key, "path", str(rec.path)))
     if key_map and records and records[0].patient_id:
-        result.key_rows[:0] = [(result.patient, "PatientID", records[0].patient_id),
-                               (result.study, "StudyInstanceUID", records[0].study_uid)]
+        result.key_rows[:0] = [
+            (result.patient, "PatientID", records[0].patient_id),
+            (result.study, "StudyInstanceUID", records[0].study_uid),
+        ]
     return result
 
 
 def _study_crash(task: StudyTask, spec: InputConfig, secret: bytes, key_map: bool) -> StudyResult:
     pseudo = Pseudonymizer(secret)
-    result = StudyResult(task.patient, task.study, files=len(task.paths),
-                         last_of_patient=task.last_of_patient, readable=True)
+    result = StudyResult(
+        task.patient,
+        task.study,
+        files=len(task.paths),
+        last_of_patient=task.last_of_patient,
+        readable=True,
+    )
     reason = "the worker process died on this study (decoder crash or out of memory)"
     for path in task.paths:
         result.errors.append((pseudo.file(path), PROCESSING_ERROR, reason))
@@ -290,8 +318,9 @@ class WorkerPool:
     def start(self) -> None:
         """Start booting the workers now; they get ready while the caller does other work."""
         if self.workers > 0 and self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context(),
-                                             initializer=_init_worker)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=_context(), initializer=_init_worker
+            )
             self._ping = self._pool.submit(_ping)
 
     def close(self, wait: bool = True) -> None:
@@ -319,8 +348,13 @@ class WorkerPool:
                 "import the main module), or pass workers=0"
             )
 
-    def imap(self, fn: Callable[..., Any], tasks: Iterable[tuple], inflight: int,
-             on_crash: Callable[..., Any]) -> Iterator[Any]:
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        tasks: Iterable[tuple],
+        inflight: int,
+        on_crash: Callable[..., Any],
+    ) -> Iterator[Any]:
         """``fn(*task)`` for each task, results in task order, at most ``inflight`` pending."""
         if self.workers <= 0:
             for task in tasks:
@@ -359,8 +393,13 @@ class WorkerPool:
             return on_crash(*task)
 
 
-def index_folder_stream(paths: list[str], secret: bytes, pool: WorkerPool, key_map: bool,
-                        progress: Callable[[int], None] | None = None) -> FolderIndex:
+def index_folder_stream(
+    paths: list[str],
+    secret: bytes,
+    pool: WorkerPool,
+    key_map: bool,
+    progress: Callable[[int], None] | None = None,
+) -> FolderIndex:
     """Header pass over ``paths`` (from ``walk``): header failures and sorted study tasks."""
     chunks = [paths[i : i + HEADER_CHUNK] for i in range(0, len(paths), HEADER_CHUNK)]
     groups: dict[str, list[str]] = {}
@@ -389,8 +428,14 @@ def index_folder_stream(paths: list[str], secret: bytes, pool: WorkerPool, key_m
     return FolderIndex(len(paths), studies, errors, error_paths, digest.hexdigest())
 
 
-def iter_studies(tasks: Iterable[StudyTask], spec: InputConfig, secret: bytes,
-                 pool: WorkerPool, key_map: bool, inflight: int) -> Iterator[StudyResult]:
+def iter_studies(
+    tasks: Iterable[StudyTask],
+    spec: InputConfig,
+    secret: bytes,
+    pool: WorkerPool,
+    key_map: bool,
+    inflight: int,
+) -> Iterator[StudyResult]:
     """Decoded studies in task order, at most ``inflight`` of them decoding or waiting."""
     args = ((task, spec, secret, key_map) for task in tasks)
     yield from pool.imap(process_study, args, inflight, _study_crash)

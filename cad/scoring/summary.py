@@ -47,8 +47,9 @@ def summary_from_counts(counts: dict, files: int) -> ScoreSummary:
     return summary
 
 
-def progress_or_nothing(enabled: bool, description: str, total: int | None,
-                        unit: str) -> AbstractContextManager[Callable[[int], None]]:
+def progress_or_nothing(
+    enabled: bool, description: str, total: int | None, unit: str
+) -> AbstractContextManager[Callable[[int], None]]:
     """``cad.log.progress`` when enabled, else a context yielding a no-op ``advance``."""
     if enabled:
         from cad.log import progress

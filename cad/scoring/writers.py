@@ -21,8 +21,19 @@ from typing import Any
 from cad.errors import CadError
 
 PREDICTION_COLUMNS = (
-    "level", "patient", "study", "series", "instance", "slice", "sample", "probability",
-    "label", "slices", "positive_slices", "max_probability", "mean_probability",
+    "level",
+    "patient",
+    "study",
+    "series",
+    "instance",
+    "slice",
+    "sample",
+    "probability",
+    "label",
+    "slices",
+    "positive_slices",
+    "max_probability",
+    "mean_probability",
 )
 ERROR_COLUMNS = ("file", "outcome", "reason")
 KEY_MAP_COLUMNS = ("pseudonym", "identifier_kind", "identifier")
@@ -53,8 +64,14 @@ class State:
 class Outputs:
     """predictions.csv, errors.csv and the optional key map, opened fresh or for resume."""
 
-    def __init__(self, predictions: Path, errors: Path, key_map: Path | None,
-                 fingerprint: dict[str, Any], resume: bool) -> None:
+    def __init__(
+        self,
+        predictions: Path,
+        errors: Path,
+        key_map: Path | None,
+        fingerprint: dict[str, Any],
+        resume: bool,
+    ) -> None:
         self.paths = {"predictions": predictions, "errors": errors}
         if key_map is not None:
             self.paths["key_map"] = key_map
@@ -78,11 +95,16 @@ class Outputs:
         except (OSError, ValueError):
             saved = {}
         if saved.get("format") != SIDECAR_FORMAT:
-            raise CadError(f"{self.sidecar} is not a cad score progress file; delete it or "
-                           "rerun without --resume")
+            raise CadError(
+                f"{self.sidecar} is not a cad score progress file; delete it or "
+                "rerun without --resume"
+            )
         if saved.get("fingerprint") != self.fingerprint:
-            changed = sorted(k for k in self.fingerprint
-                             if saved.get("fingerprint", {}).get(k) != self.fingerprint[k])
+            changed = sorted(
+                k
+                for k in self.fingerprint
+                if saved.get("fingerprint", {}).get(k) != self.fingerprint[k]
+            )
             raise CadError(
                 "--resume: the interrupted run used a different "
                 f"{', '.join(changed) or 'configuration'} (model, folder contents, --level, "
@@ -95,21 +117,31 @@ class Outputs:
         for name, path in self.paths.items():
             length = saved["offsets"].get(name)
             if length is None or not path.is_file() or path.stat().st_size < length:
-                raise CadError(f"--resume: {path} is missing or shorter than {self.sidecar} "
-                               "records; rerun without --resume to start over")
+                raise CadError(
+                    f"--resume: {path} is missing or shorter than {self.sidecar} "
+                    "records; rerun without --resume to start over"
+                )
             handle = open(path, "r+b")  # noqa: SIM115 - closed in close()
             handle.truncate(length)
             handle.seek(length)
             self.files[name] = handle
-        self.state = State(saved["patients_done"], saved["last_patient"], saved["counts"],
-                           saved["header_done"], saved["complete"])
+        self.state = State(
+            saved["patients_done"],
+            saved["last_patient"],
+            saved["counts"],
+            saved["header_done"],
+            saved["complete"],
+        )
         self.resumed = True
 
     def _create(self) -> None:
         self.sidecar.unlink(missing_ok=True)
         self.files = {}
-        headers = {"predictions": PREDICTION_COLUMNS, "errors": ERROR_COLUMNS,
-                   "key_map": KEY_MAP_COLUMNS}
+        headers = {
+            "predictions": PREDICTION_COLUMNS,
+            "errors": ERROR_COLUMNS,
+            "key_map": KEY_MAP_COLUMNS,
+        }
         for name, path in self.paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             if name == "key_map":  # holds PHI: readable by the owner only
@@ -136,9 +168,13 @@ class Outputs:
             offsets[name] = handle.tell()  # check in _reopen catches a lost tail
         self.state = state
         record = {
-            "format": SIDECAR_FORMAT, "fingerprint": self.fingerprint, "offsets": offsets,
-            "patients_done": state.patients_done, "last_patient": state.last_patient,
-            "counts": state.counts, "header_done": state.header_done,
+            "format": SIDECAR_FORMAT,
+            "fingerprint": self.fingerprint,
+            "offsets": offsets,
+            "patients_done": state.patients_done,
+            "last_patient": state.last_patient,
+            "counts": state.counts,
+            "header_done": state.header_done,
             "complete": state.complete,
         }
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")

@@ -99,7 +99,11 @@ def test_split_and_folds_do_not_depend_on_the_pseudonym_secret():
         splits = split_patients(keys, labels, SplitConfig(seed=3))
         train = np.isin(keys, splits["train"])
         folds = assign_folds(keys[train], labels[train], 3, 3)
-        results.append(({name: sorted(back[k] for k in ks) for name, ks in splits.items()},
-                        {back[k]: f for k, f in folds.items()}))
+        results.append(
+            (
+                {name: sorted(back[k] for k in ks) for name, ks in splits.items()},
+                {back[k]: f for k, f in folds.items()},
+            )
+        )
     assert sorted(back.values()) != sorted(back)  # keys really differ from the raw IDs
     assert results[0] == results[1]

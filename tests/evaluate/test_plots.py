@@ -25,8 +25,12 @@ CASES = {
     "pr": lambda path: plots.plot_pr(Y, P, path, "PR"),
     "confusion": lambda path: plots.plot_confusion(Y, (P >= 0.5).astype(int), path, "CM"),
     "layer_scores": lambda path: plots.plot_layer_scores(
-        [1, 4, 8, 14, 17], ["conv1", "layer1", "layer2", "layer3", "layer4"],
-        [0.55, 0.7, 0.82, 0.78, 0.74], [0.05, 0.04, 0.03, 0.05, 0.06], "layer2", path,
+        [1, 4, 8, 14, 17],
+        ["conv1", "layer1", "layer2", "layer3", "layer4"],
+        [0.55, 0.7, 0.82, 0.78, 0.74],
+        [0.05, 0.04, 0.03, 0.05, 0.06],
+        "layer2",
+        path,
         "resnet50",
     ),
     "training_curves": lambda path: plots.plot_training_curves(HISTORY, path, "round 1"),
@@ -34,8 +38,10 @@ CASES = {
         [{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.5}], path, "no val"
     ),
     "layer_comparison": lambda path: plots.plot_layer_comparison(
-        {"vgg16": ([0.1, 0.5, 0.9], [0.6, 0.85, 0.7]),
-         "resnet50": ([0.2, 0.6, 1.0], [0.7, 0.8, 0.75])},
+        {
+            "vgg16": ([0.1, 0.5, 0.9], [0.6, 0.85, 0.7]),
+            "resnet50": ([0.2, 0.6, 1.0], [0.7, 0.8, 0.75]),
+        },
         path,
     ),
 }

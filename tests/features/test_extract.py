@@ -26,8 +26,9 @@ def _reference(model, nodes, images, normalize) -> dict[str, np.ndarray]:
     return {n: (t.flatten(2).mean(2) if t.dim() > 2 else t).numpy() for n, t in feats.items()}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "densenet121", "mobilenet_v2",
-                                  "googlenet", "hybridsn"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "vgg11_bn", "densenet121", "mobilenet_v2", "googlenet", "hybridsn"]
+)
 def test_folded_features_match_the_plain_forward_and_leave_the_backbone_alone(name: str) -> None:
     spec = get_spec(name)
     torch.manual_seed(0)
@@ -50,8 +51,9 @@ def test_folded_features_match_the_plain_forward_and_leave_the_backbone_alone(na
         assert np.abs(exact[node] - expected[node]).max() / scale < 1e-4, node
         assert np.abs(fast[node] - expected[node]).max() / scale < 0.05, node
     after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype
-               for k in before), "extraction changed the backbone"
+    assert all(
+        torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before
+    ), "extraction changed the backbone"
 
 
 def test_batchnorm_is_folded_and_bf16_weights_are_cast_once() -> None:
@@ -80,8 +82,9 @@ def _lenet_inputs():
 def test_compiled_extraction_pads_the_last_batch_and_matches_eager() -> None:
     spec, model, images, normalize = _lenet_inputs()
     eager = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2)
-    compiled = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2,
-                                compile="on")
+    compiled = extract_features(
+        model, spec.nodes, images, normalize, FP32, batch_size=2, compile="on"
+    )
     for node in spec.nodes:
         assert compiled[node].shape == eager[node].shape == (5, eager[node].shape[1])
         np.testing.assert_allclose(compiled[node], eager[node], rtol=1e-4, atol=1e-5)
@@ -98,8 +101,9 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog) -> None:
 
     monkeypatch.setattr(torch, "compile", broken)
     eager = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2)
-    fallback = extract_features(model, spec.nodes, images, normalize, FP32, batch_size=2,
-                                compile="on")
+    fallback = extract_features(
+        model, spec.nodes, images, normalize, FP32, batch_size=2, compile="on"
+    )
     assert "torch.compile failed" in caplog.text
     for node in spec.nodes:
         np.testing.assert_allclose(fallback[node], eager[node], rtol=1e-5, atol=1e-6)

@@ -86,8 +86,9 @@ def baseline(export, package, tmp_path_factory: pytest.TempPathFactory) -> Basel
     directory = tmp_path_factory.mktemp("baseline")
     options = dict(level="patient", batch_size=8, workers=0, progress=False)
     try:
-        summary = score_folder(package, export.root, directory / "p.csv",
-                               key_map=directory / "keys.csv", **options)
+        summary = score_folder(
+            package, export.root, directory / "p.csv", key_map=directory / "keys.csv", **options
+        )
     finally:
         mp.undo()
     return Baseline(directory / "p.csv", directory / "keys.csv", summary, options)
@@ -132,9 +133,18 @@ def _collect_phi(export: Export) -> None:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except Exception:  # noqa: BLE001 - bad files are bad on purpose
             continue
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                        "StudyDate", "StudyInstanceUID", "SeriesInstanceUID",
-                        "SOPInstanceUID", "ReferringPhysicianName", "InstitutionName"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "StudyDate",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "ReferringPhysicianName",
+            "InstitutionName",
+        ):
             value = str(ds.get(keyword) or "")
             if len(value) >= 6:
                 export.phi.add(value)
@@ -177,15 +187,27 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Export:
     data = good_pre[0].read_bytes()
     (nested / "truncated.dcm").write_bytes(data[: len(data) - 700])
     export.bad[nested / "truncated.dcm"] = "corrupt"
-    report = _non_image(root / "extra" / "report.dcm", BasicTextSRStorage,
-                        SOPClassUID=BasicTextSRStorage, SOPInstanceUID=generate_uid(),
-                        Modality="SR", PatientID="Breast_MRI_001",
-                        StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
-                        ValueType="CONTAINER", ContentSequence=DicomSequence([]))
+    report = _non_image(
+        root / "extra" / "report.dcm",
+        BasicTextSRStorage,
+        SOPClassUID=BasicTextSRStorage,
+        SOPInstanceUID=generate_uid(),
+        Modality="SR",
+        PatientID="Breast_MRI_001",
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        ValueType="CONTAINER",
+        ContentSequence=DicomSequence([]),
+    )
     export.bad[report] = "not-an-image"  # an SR document: DICOM without pixels
-    export.bad[_non_image(root / "DICOMDIR", MediaStorageDirectoryStorage,
-                          FileSetID="EXPORT", DirectoryRecordSequence=DicomSequence([]))] = (
-        "not-an-image")
+    export.bad[
+        _non_image(
+            root / "DICOMDIR",
+            MediaStorageDirectoryStorage,
+            FileSetID="EXPORT",
+            DirectoryRecordSequence=DicomSequence([]),
+        )
+    ] = "not-an-image"
     ds = pydicom.dcmread(good_pre[1])  # a codec no decoder supports (MPEG-2)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = MPEG2MPML

@@ -23,18 +23,33 @@ def make_model(seed: int = 0) -> TransferModel:
     torch.manual_seed(seed)
     spec = get_spec("resnet18")
     backbone = create_backbone("resnet18", "random", 3).model
-    return build_transfer_model(backbone, NODES["finetune"], NODES["connection"],
-                                mean=spec.mean, std=spec.std, in_chans=3, size=SIZE, hidden=16,
-                                dropout=0.1).eval()
+    return build_transfer_model(
+        backbone,
+        NODES["finetune"],
+        NODES["connection"],
+        mean=spec.mean,
+        std=spec.std,
+        in_chans=3,
+        size=SIZE,
+        hidden=16,
+        dropout=0.1,
+    ).eval()
 
 
 def package_meta(threshold: float) -> dict:
     """What ``finetune_stage`` writes into model.json (the fields scoring reads)."""
     spec = get_spec("resnet18")
     return {
-        "backbone": "resnet18", "round": 1, "weights_source": "random", "nodes": dict(NODES),
-        "head": {"hidden": 16, "dropout": 0.1}, "classes": ["non-tumour", "tumour"],
-        "in_chans": 3, "input": json.loads(InputConfig(size=SIZE).model_dump_json()),
-        "mean": list(spec.mean), "std": list(spec.std), "threshold": threshold,
+        "backbone": "resnet18",
+        "round": 1,
+        "weights_source": "random",
+        "nodes": dict(NODES),
+        "head": {"hidden": 16, "dropout": 0.1},
+        "classes": ["non-tumour", "tumour"],
+        "in_chans": 3,
+        "input": json.loads(InputConfig(size=SIZE).model_dump_json()),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "threshold": threshold,
         "training_data_hash": "test",
     }

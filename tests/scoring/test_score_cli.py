@@ -26,10 +26,25 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def test_mixed_export_scores_good_slices_and_types_every_bad_file(export, package, tmp_path):
     out, errors = tmp_path / "out" / "predictions.csv", tmp_path / "errors.csv"
     cams = tmp_path / "cam"
-    result = CliRunner().invoke(app, [
-        "score", str(export.root), "--model", str(package), "--out", str(out),
-        "--errors", str(errors), "--workers", "2", "--batch-size", "16", "--cam", str(cams),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(export.root),
+            "--model",
+            str(package),
+            "--out",
+            str(out),
+            "--errors",
+            str(errors),
+            "--workers",
+            "2",
+            "--batch-size",
+            "16",
+            "--cam",
+            str(cams),
+        ],
+    )
     assert result.exit_code == 1, result.output  # some files failed, the rest were scored
 
     rows = read_rows(out)
@@ -53,8 +68,12 @@ def test_mixed_export_scores_good_slices_and_types_every_bad_file(export, packag
     assert PSEUDO.file(export.compressed) not in failed  # the RLE-compressed slice was scored
 
     # No PHI anywhere: outputs, file names, console and log output.
-    texts = {"predictions": out.read_text(), "errors": errors.read_text(),
-             "cam names": " ".join(p.name for p in cams.iterdir()), "console": result.output}
+    texts = {
+        "predictions": out.read_text(),
+        "errors": errors.read_text(),
+        "cam names": " ".join(p.name for p in cams.iterdir()),
+        "console": result.output,
+    }
     for what, text in texts.items():
         leaked = [value for value in export.phi if value in text]
         assert not leaked, f"{what} leaks {leaked[:3]}"
@@ -78,8 +97,19 @@ def test_clean_export_exits_zero(export, package, tmp_path):
     patient = next(p for p in sorted(export.root.iterdir()) if p.name.startswith("Breast"))
     clean_copy = tmp_path / "copy"
     shutil.copytree(patient, clean_copy / patient.name)
-    result = CliRunner().invoke(app, ["score", str(clean_copy), "--model", str(package),
-                                      "--out", str(tmp_path / "p.csv"), "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(clean_copy),
+            "--model",
+            str(package),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(read_rows(tmp_path / "p.csv")) == SLICES
     assert read_rows(tmp_path / "p.errors.csv") == []
@@ -90,8 +120,9 @@ def test_tampered_package_is_refused_with_exit_code_2(export, model_factory, tmp
     shutil.copytree(model_factory(0.5), tampered)
     meta = tampered / "model.json"
     meta.write_text(meta.read_text().replace('"threshold": 0.5', '"threshold": 0.01'))
-    result = CliRunner().invoke(app, ["score", str(export.root), "--model", str(tampered),
-                                      "--out", str(tmp_path / "p.csv")])
+    result = CliRunner().invoke(
+        app, ["score", str(export.root), "--model", str(tampered), "--out", str(tmp_path / "p.csv")]
+    )
     assert result.exit_code == 2
     assert "SHA-256" in result.output and not (tmp_path / "p.csv").exists()
 

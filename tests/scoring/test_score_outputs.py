@@ -67,16 +67,14 @@ def test_patient_level_rows(baseline):
 
 def test_series_level_rows(export, package, tmp_path):
     out = tmp_path / "p.csv"
-    score_folder(package, export.root, out, level="series", batch_size=7, workers=0,
-                 progress=False)
+    score_folder(package, export.root, out, level="series", batch_size=7, workers=0, progress=False)
     check_aggregates(read_rows(out), "series")
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(export, package, baseline, tmp_path):
     options, out, keys = baseline.options, tmp_path / "p.csv", tmp_path / "keys.csv"
     with pytest.raises(Interrupt):
-        score_folder(package, export.root, out, key_map=keys, _on_commit=_stop_after(1),
-                     **options)
+        score_folder(package, export.root, out, key_map=keys, _on_commit=_stop_after(1), **options)
     assert 0 < len(read_rows(out)) < len(read_rows(baseline.out))
     # a half-written next patient, as a kill during writing leaves it
     with open(out, "a") as handle:
@@ -84,17 +82,29 @@ def test_resume_after_interruption_equals_uninterrupted_run(export, package, bas
     with open(tmp_path / "p.errors.csv", "a") as handle:
         handle.write("file-half,corr")
     with pytest.raises(CadError, match="level"):  # resuming with other options is refused
-        score_folder(package, export.root, out, key_map=keys, resume=True,
-                     **{**options, "level": "series"})
+        score_folder(
+            package, export.root, out, key_map=keys, resume=True, **{**options, "level": "series"}
+        )
 
     resumed = score_folder(package, export.root, out, key_map=keys, resume=True, **options)
-    pairs = [(out, baseline.out), (keys, baseline.key_map),
-             (tmp_path / "p.errors.csv", baseline.out.with_name("p.errors.csv"))]
+    pairs = [
+        (out, baseline.out),
+        (keys, baseline.key_map),
+        (tmp_path / "p.errors.csv", baseline.out.with_name("p.errors.csv")),
+    ]
     for mine, reference in pairs:
         assert mine.read_bytes() == reference.read_bytes(), mine.name
     assert resumed.resumed
-    for field in ("files", "studies", "studies_scored", "slices", "scored_files", "skipped",
-                  "errors", "exit_code"):
+    for field in (
+        "files",
+        "studies",
+        "studies_scored",
+        "slices",
+        "scored_files",
+        "skipped",
+        "errors",
+        "exit_code",
+    ):
         assert getattr(resumed, field) == getattr(baseline.summary, field), field
 
     again = score_folder(package, export.root, out, key_map=keys, resume=True, **options)
@@ -103,12 +113,19 @@ def test_resume_after_interruption_equals_uninterrupted_run(export, package, bas
 
 
 def test_cam_only_for_slices_at_or_above_threshold(export, model_factory, baseline, tmp_path):
-    probs = sorted(float(r["probability"]) for r in read_rows(baseline.out)
-                   if r["level"] == "slice")
+    probs = sorted(
+        float(r["probability"]) for r in read_rows(baseline.out) if r["level"] == "slice"
+    )
     threshold = float(np.median(probs)) + 1e-7  # about half of the slices are above it
     cams = tmp_path / "cam"
-    summary = score_folder(model_factory(threshold), export.root, tmp_path / "p.csv",
-                           cam_dir=cams, workers=0, progress=False)
+    summary = score_folder(
+        model_factory(threshold),
+        export.root,
+        tmp_path / "p.csv",
+        cam_dir=cams,
+        workers=0,
+        progress=False,
+    )
     rows = read_rows(tmp_path / "p.csv")
     positive = {r["sample"] for r in rows if r["label"] == "1"}
     assert 0 < len(positive) < len(rows)
@@ -151,8 +168,9 @@ def test_key_map_maps_pseudonyms_back(export, baseline):
 
 
 @pytest.mark.parametrize("denoiser", [False, True])
-def test_probabilities_match_training_ingest_and_evaluate(export, model_factory, baseline,
-                                                          tmp_path, denoiser):
+def test_probabilities_match_training_ingest_and_evaluate(
+    export, model_factory, baseline, tmp_path, denoiser
+):
     """Same preprocessing and inference as ingest + evaluate (``prepare_images``, then
     ``predict_proba``), with and without a packaged DnCNN denoiser. The lead's
     pipeline-level test compares against a finished run; this checks each study directly."""
@@ -160,8 +178,7 @@ def test_probabilities_match_training_ingest_and_evaluate(export, model_factory,
     if denoiser:
         out = tmp_path / "p.csv"
         score_folder(package, export.root, out, batch_size=16, workers=0, progress=False)
-    scored = {r["sample"]: float(r["probability"]) for r in read_rows(out)
-              if r["level"] == "slice"}
+    scored = {r["sample"]: float(r["probability"]) for r in read_rows(out) if r["level"] == "slice"}
     loaded = load_package(package)
     assert (loaded.denoiser is not None) == denoiser
     runtime = select_runtime("auto")

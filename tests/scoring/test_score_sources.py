@@ -21,16 +21,27 @@ def test_runs_uri_resolves_to_the_same_scores(export, package, baseline, tmp_pat
     assert tracker.ok, tracker.failures
 
     out = tmp_path / "p.csv"
-    score_folder(f"runs:/{run_id}/model", export.root, out, tracking_uri=uri,
-                 **baseline.options)
+    score_folder(f"runs:/{run_id}/model", export.root, out, tracking_uri=uri, **baseline.options)
     assert out.read_bytes() == baseline.out.read_bytes()
     with pytest.raises(ModelPackageError, match="cannot fetch"):
-        score_folder("runs:/0123456789abcdef/model", export.root, out, tracking_uri=uri,
-                     workers=0, progress=False)
+        score_folder(
+            "runs:/0123456789abcdef/model",
+            export.root,
+            out,
+            tracking_uri=uri,
+            workers=0,
+            progress=False,
+        )
 
 
 def test_a_dying_worker_costs_only_its_own_task():
     with WorkerPool(1) as pool:
-        results = list(pool.imap(crash_on_two, [(1,), (2,), (3,), (4,)], inflight=3,
-                                 on_crash=lambda value: f"crashed {value}"))
+        results = list(
+            pool.imap(
+                crash_on_two,
+                [(1,), (2,), (3,), (4,)],
+                inflight=3,
+                on_crash=lambda value: f"crashed {value}",
+            )
+        )
     assert results == ["ok 1", "crashed 2", "ok 3", "ok 4"]
