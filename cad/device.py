@@ -2,7 +2,8 @@
 
 On CPUs with AVX-512 BF16 (or AMX) autocast to bfloat16 roughly doubles convolution
 throughput; elsewhere the CPU path stays fp32. ``precision`` in the config can force
-either.
+either. Process-wide tuning (the heap, :mod:`cad.heap`) is not done here but at the CLI's
+entry points and in worker initialisers.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-
-from cad.heap import reuse_freed_memory
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,6 @@ def select_runtime(precision: str = "auto", channels_last: bool = True) -> Runti
             dtype = torch.float16
         return Runtime(device, dtype, channels_last)
     device = torch.device("cpu")
-    reuse_freed_memory()  # activations are re-allocated every batch: keep them in the heap
     if precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()):
         return Runtime(device, None, channels_last)
     return Runtime(device, torch.bfloat16, channels_last)
@@ -79,3 +77,12 @@ def describe(runtime: Runtime) -> str:
     dtype = "fp32" if runtime.amp_dtype is None else str(runtime.amp_dtype).removeprefix("torch.")
     layout = ", channels_last" if runtime.channels_last else ""
     return f"{runtime.device.type} ({dtype} autocast{layout})"
+
+
+def resolved_precision(precision: str = "auto") -> str:
+    """What ``precision`` means on this machine, e.g. ``cpu-bf16`` or ``cuda-fp16``: part
+    of a stage's identity, so that a workdir shared by different machines never mixes
+    artifacts computed at different precisions under one key."""
+    runtime = select_runtime(precision)
+    dtype = "fp32" if runtime.amp_dtype is None else str(runtime.amp_dtype).removeprefix("torch.")
+    return f"{runtime.device.type}-{dtype.replace('bfloat16', 'bf16').replace('float16', 'fp16')}"

@@ -71,9 +71,19 @@ def progress(description: str, total: int | None, unit: str = "items") -> Iterat
         yield advance
 
 
+_warned: set[str] = set()
+
+
 def warn_loudly(message: str) -> None:
     """A warning that must not be missed (e.g. random weights instead of ImageNet)."""
     from rich.panel import Panel
 
     logging.getLogger("cad").warning(message)
     console.print(Panel(message, title="WARNING", style="bold red"), markup=False)
+
+
+def warn_once(message: str) -> None:
+    """:func:`warn_loudly`, at most once per process for the same message."""
+    if message not in _warned:
+        _warned.add(message)
+        warn_loudly(message)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cad.config import apply_overrides, dump_config, flatten, load_config, validate
+from cad.config import apply_overrides, dump_config, flatten, flatten_params, load_config, validate
 from cad.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,6 @@ def test_flattened_params_carry_no_input_paths():
         ROOT / "pipelines/smoke.yaml",
         ["data.manifest=/data/Breast_MRI_001/m.csv", "data.root=/data/Breast_MRI_001"],
     )
-    flat = flatten(cfg)
+    flat = flatten_params(cfg)
     assert not any("Breast_MRI_001" in v for v in flat.values())
     assert flat["data.root"].startswith("path-sha256:")

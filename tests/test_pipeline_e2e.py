@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from safetensors.torch import load_file
 from cad.api import run_pipeline
 from cad.backbones import create_backbone
 from cad.config import load_config
-from cad.data.samples import read_samples
 from cad.log import setup_logging
-from cad.pipeline.model_stages import BACKBONE_SEED
+from cad.pipeline.graph import CHAIN_STAGES, STAGE_NAMES
+from cad.pipeline.stages.layers import BACKBONE_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +29,6 @@ def smoke(tmp_path_factory):
     setup_logging(workdir / "logs" / "run.log", verbose=True)  # every log line is PHI-checked
     result = run_pipeline(cfg, workdir)
     return cfg, workdir, result
-
-
-def _stage(result, label):
-    return next(r for r in result.runner.records if r.label == label)
 
 
 def test_summary_and_report_are_written(smoke):
@@ -59,51 +54,43 @@ def test_summary_and_report_are_written(smoke):
         }
         assert r["test"]["f1"]["low"] <= r["test"]["f1"]["value"] <= r["test"]["f1"]["high"]
         assert (workdir / r["model_dir"] / "model.safetensors").is_file()
-    assert {s["stage"] for s in summary["stages"]} >= {
-        "phantom",
-        "ingest",
-        "split",
-        "augment",
-        "extract",
-        "probe",
-        "finetune",
-        "evaluate",
-    }
+        assert Path(r["model_dir_abs"]).samefile(workdir / r["model_dir"])
+    optional = {"denoise"}  # the smoke pipeline does not denoise
+    assert {s["stage"] for s in summary["stages"]} == set(STAGE_NAMES) - optional
+    chain_labels = [s["label"] for s in summary["stages"] if s["stage"] in CHAIN_STAGES]
+    assert chain_labels == [f"{st}[resnet18 r{r}]" for r in (1, 2) for st in CHAIN_STAGES]
     assert summary["best"]["backbone"] == "resnet18"
 
 
 def test_node_choice_follows_probe_scores(smoke):
     _, _, result = smoke
     for chain in result.chains:
-        with open(chain.probe.file("layer_scores.csv")) as handle:
-            rows = list(csv.DictReader(handle))
-        best = max(float(r["f1_mean"]) for r in rows)
-        shallowest_best = min(
-            (int(r["depth"]), r["node"]) for r in rows if float(r["f1_mean"]) == best
-        )[1]
-        meta = json.loads(chain.finetune.file("model/model.json").read_text())
-        assert meta["nodes"]["finetune"] == shallowest_best
-        nodes = [r["node"] for r in rows]
-        assert nodes.index(meta["nodes"]["connection"]) >= nodes.index(meta["nodes"]["finetune"])
+        rows = chain.probe.scores()
+        best = max(r.f1_mean for r in rows)
+        shallowest_best = min((r.depth, r.node) for r in rows if r.f1_mean == best)[1]
+        meta = chain.finetune.model_meta()
+        assert meta.nodes.finetune == shallowest_best == chain.probe.choice().finetune
+        nodes = [r.node for r in rows]
+        assert nodes.index(meta.nodes.connection) >= nodes.index(meta.nodes.finetune)
 
 
 def test_round2_candidates_stop_at_round1_connection(smoke):
     _, _, result = smoke
     r1, r2 = result.chains
-    conn1 = json.loads(r1.finetune.file("model/model.json").read_text())["nodes"]["connection"]
-    nodes2 = [n["node"] for n in r2.extract.read_json("nodes.json")["nodes"]]
+    conn1 = r1.finetune.model_meta().nodes.connection
+    nodes2 = [n.node for n in r2.extract.index().nodes]
     assert nodes2[-1] == conn1
 
 
 def test_frozen_bits_equal_the_initial_backbone(smoke):
     _, _, result = smoke
     chain = result.chains[0]
-    meta = json.loads(chain.finetune.file("model/model.json").read_text())
+    meta = chain.finetune.model_meta()
     with torch.random.fork_rng():
         torch.manual_seed(BACKBONE_SEED)
         initial = create_backbone("resnet18", weights="random", in_chans=3).model.state_dict()
-    trained = load_file(str(chain.finetune.file("model/model.safetensors")))
-    node = meta["nodes"]["finetune"]  # e.g. "layer2.1.relu_1": layers 1..2 are frozen
+    trained = load_file(str(chain.finetune.package / "model.safetensors"))
+    node = meta.nodes.finetune  # e.g. "layer2.1.relu_1": layers 1..2 are frozen
     depth = int(node[5]) if node.startswith("layer") else 0
     frozen_prefix = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, depth + 1))
     checked = 0
@@ -117,18 +104,14 @@ def test_frozen_bits_equal_the_initial_backbone(smoke):
 
 def test_no_test_patient_reaches_probe_or_finetune(smoke):
     _, _, result = smoke
-    splits = result.data.split.read_json("splits.json")
-    test = set(splits["test"]) | set(splits["val"])
-    train_patients = {
-        s.patient for s in read_samples(result.data.augment.file("train_samples.csv"))
-    }
+    splits = result.data.split.assignment()
+    test = set(splits.test) | set(splits.val)
+    train_patients = {s.patient for s in result.data.augment.samples()}
     assert train_patients and not train_patients & test
-    assert set(splits["folds"]) == set(splits["train"])
+    assert set(splits.folds) == set(splits.train)
     for chain in result.chains:
-        n_features = np.load(
-            next((chain.extract.path / "features").iterdir()), mmap_mode="r"
-        ).shape[0]
-        assert n_features == len(read_samples(result.data.augment.file("train_samples.csv")))
+        for matrix in chain.extract.load().values():
+            assert matrix.shape[0] == len(result.data.augment.samples())
 
 
 def test_summary_matches_mlflow(smoke):
@@ -190,12 +173,12 @@ def test_no_phi_in_any_output(smoke):
 def test_rerun_reuses_everything_and_changes_redo_only_downstream(smoke, tmp_path):
     cfg, workdir, _ = smoke
     again = run_pipeline(cfg, workdir, track=False)
-    assert all(r.reused for r in again.runner.records)
+    assert all(r.reused for r in again.records)
     changed = load_config(
         ROOT / "pipelines/smoke.yaml", ["transfer.rounds=2", "evaluate.bootstrap=60"]
     )
     third = run_pipeline(changed, workdir, track=False)
-    ran = {r.stage for r in third.runner.records if not r.reused}
+    ran = {r.stage for r in third.records if not r.reused}
     assert ran == {"evaluate"}
 
 
@@ -208,15 +191,13 @@ def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
         ["denoise.enabled=true", "denoise.epochs=4", "denoise.depth=4", "denoise.sigma=0.1"],
     )
     result = run_pipeline(cfg, smoke[1], track=False)
-    ran = {r.stage for r in result.runner.records if not r.reused}
-    assert ran == {"denoise", "augment", "extract", "probe", "finetune", "evaluate"}
-    metrics = result.data.denoise.read_json("denoise_metrics.json")
+    ran = {r.stage for r in result.records if not r.reused}
+    assert ran == {"denoise", "augment", *CHAIN_STAGES}
+    metrics = result.data.denoise.metrics
     assert metrics["val_psnr_denoised_db"] > metrics["val_psnr_noisy_db"]
-    loaded = load_package(result.chains[0].finetune.path / "model")
+    loaded = load_package(result.chains[0].finetune.package)
     assert loaded.denoiser is not None
-    raw = np.load(result.data.ingest.file("images.npy"), mmap_mode="r")[:4]
+    raw = np.asarray(result.data.ingest.images()[:4])
     np.testing.assert_allclose(
-        loaded.prepare_images(np.asarray(raw)),
-        np.load(result.data.images.file("images.npy"))[:4],
-        atol=1e-6,
+        loaded.prepare_images(raw), np.asarray(result.data.images.images()[:4]), atol=1e-6
     )

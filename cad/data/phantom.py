@@ -47,6 +47,7 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
+from cad.artifacts.archive import PhantomArchive
 from cad.data.phantom_anatomy import MAX_STORED, SimulatedPatient, lesion_flags, simulate_patient
 from cad.errors import CadError, DataError
 
@@ -319,8 +320,9 @@ def generate_phantom(
     _check("size", size, isinstance(size, int) and size >= 16, "an int >= 16")
     _check("lesion_fraction", lesion_fraction, 0.0 <= lesion_fraction <= 1.0, "a float in [0, 1]")
     out = Path(out_dir)
-    dicom_root, boxes_csv = out / "dicom", out / "Annotation_Boxes.csv"
-    marker = out / "phantom.json"
+    layout = PhantomArchive
+    dicom_root, boxes_csv = out / layout.DICOM_DIR, out / layout.BOXES_CSV
+    marker = out / layout.INFO
     if dicom_root.exists() and not marker.exists():
         raise DataError(
             f"{dicom_root} exists and is not a phantom written by cad; "
@@ -332,7 +334,10 @@ def generate_phantom(
     try:
         rows, files = [], 0
         flags = lesion_flags(patients, lesion_fraction, seed)
-        tasks = [(tmp / "dicom", i, flag, slices, size, seed, key) for i, flag in enumerate(flags)]
+        tasks = [
+            (tmp / layout.DICOM_DIR, i, flag, slices, size, seed, key)
+            for i, flag in enumerate(flags)
+        ]
         workers = (os.cpu_count() or 1) if workers is None else workers
         for index, (written, row) in enumerate(_patient_results(tasks, workers)):
             files += written
@@ -347,12 +352,14 @@ def generate_phantom(
         marker.unlink(missing_ok=True)
         if dicom_root.exists():
             shutil.rmtree(dicom_root)
-        os.replace(tmp / "dicom", dicom_root)
+        os.replace(tmp / layout.DICOM_DIR, dicom_root)
         os.replace(tmp / boxes_csv.name, boxes_csv)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = PhantomInfo(dicom_root, boxes_csv, patients, len(rows), files, slices, size, seed)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(info).items()}
-    summary.update(lesion_fraction=lesion_fraction, dicom_root="dicom", boxes_csv=boxes_csv.name)
+    summary.update(
+        lesion_fraction=lesion_fraction, dicom_root=layout.DICOM_DIR, boxes_csv=boxes_csv.name
+    )
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return info

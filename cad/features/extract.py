@@ -19,7 +19,6 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,11 +30,6 @@ from cad.finetune.model import Normalize
 from cad.frozen import frozen_inference_copy
 
 log = logging.getLogger("cad.features")
-
-
-def node_file(node: str) -> str:
-    """File name of a node's feature matrix (node names contain dots)."""
-    return f"{node.replace('/', '_')}.npy"
 
 
 def pool(tensor: torch.Tensor, modes: Sequence[str]) -> torch.Tensor:
@@ -169,16 +163,3 @@ def extract_features(
         if progress:
             progress(real)
     return {node: np.concatenate(parts) for node, parts in out.items()}
-
-
-def save_features(features: dict[str, np.ndarray], directory: Path) -> dict[str, str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for node, matrix in features.items():
-        np.save(directory / node_file(node), matrix.astype(np.float32))
-        files[node] = node_file(node)
-    return files
-
-
-def load_features(directory: Path, nodes: Sequence[str]) -> dict[str, np.ndarray]:
-    return {node: np.load(directory / node_file(node), mmap_mode="r") for node in nodes}

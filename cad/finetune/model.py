@@ -226,8 +226,10 @@ def build_transfer_model(
     dropout: float,
     classes: int = 2,
     aux_nodes: Sequence[str] = (),
+    freeze_prefix: bool = True,
 ) -> TransferModel:
-    """Cut ``backbone``, attach a fresh head and freeze up to ``finetune_node``.
+    """Cut ``backbone``, attach a fresh head and freeze up to ``finetune_node`` (unless
+    ``freeze_prefix`` is false: then every layer trains, the "no freezing" ablation).
 
     ``aux_nodes`` (nodes between the two nodes) get GoogLeNet-style auxiliary classifiers
     (4x4 average pool, 1x1 conv 128, FC 1024, dropout 0.7, FC classes) for deep supervision.
@@ -242,5 +244,6 @@ def build_transfer_model(
         channels = output_shape(body, in_chans, size, f"aux{i}")[0]
         aux_heads[f"aux{i}"] = InceptionAux(channels, classes, dropout=0.7)
     model = TransferModel(Normalize(mean, std, in_chans), body, head, aux_heads)
-    freeze(model)
+    if freeze_prefix:
+        freeze(model)
     return model

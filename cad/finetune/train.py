@@ -139,9 +139,11 @@ def train(
     model = runtime.prepare(model)
     online = augment.mode == "online"
     supervised = len(model.aux_heads) > 0  # deep supervision needs the full forward
-    halves = (
-        split_prefix(model.body) if cfg.cache_prefix and not online and not supervised else None
-    )
+    # the prefix is a fixed function of fixed images only when it is frozen and inputs do
+    # not change between epochs (no online augmentation, no deep supervision through it)
+    cacheable = bool(model.frozen_modules) and not online and not supervised
+    halves = split_prefix(model.body) if cfg.runtime.cache_prefix and cacheable else None
+
     x_all = torch.from_numpy(np.array(images, dtype=np.float32))  # own, writable copy
     x_val = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))

@@ -1,105 +1,108 @@
-"""Runs stages: reuse a finished artifact, else compute it into a temporary dir and publish."""
+"""Runs a graph: the only place that computes keys, reuses artifacts and honours ``--force``.
+
+For every node: key = hash(stage name, the stage's identity of its settings, the input
+artifacts' keys, cad version). A finished artifact with that key is reused; otherwise the
+stage runs into a private temporary directory (with a scratch folder for checkpoints that
+survives a kill) and the store publishes it atomically.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cad.pipeline.store import Artifact, ArtifactStore, artifact_key
+from cad.artifacts.base import Artifact
+from cad.artifacts.summary import RunDir, StageRecord
+from cad.pipeline.graph import Graph, Node
+from cad.pipeline.stage import StageContext
+from cad.pipeline.store import ArtifactStore, artifact_key
 
 log = logging.getLogger("cad.pipeline")
 
-StageFn = Callable[[Path], Mapping[str, Any] | None]
 
+class Runner:
+    """Executes nodes in order against the workdir's artifact store."""
 
-@dataclass(frozen=True)
-class StageRecord:
-    """What happened to one stage in this invocation (goes to summary.json)."""
-
-    stage: str
-    label: str
-    key: str
-    reused: bool
-    wall_s: float  # spent in this invocation (0 when reused)
-    items: int
-    built_wall_s: float  # what computing the artifact took when it ran
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class StageRunner:
-    """Executes stage functions against an :class:`ArtifactStore`.
-
-    ``fn(out_dir)`` writes the artifact's files into ``out_dir`` and may return metadata;
-    the key ``items`` (how many things it processed) is used for throughput reporting.
-    """
-
-    def __init__(self, store: ArtifactStore, force: Iterable[str] = ()) -> None:
-        self.store = store
+    def __init__(self, workdir: RunDir, secret: bytes, force: Iterable[str] = ()) -> None:
+        self.workdir = workdir
+        self.store = ArtifactStore(workdir.artifacts)
+        self.secret = secret
         self.force = set(force)
         self.records: list[StageRecord] = []
+        self.results: dict[Node, Artifact] = {}
         self._redone: set[str] = set()  # keys recomputed by --force in this invocation
 
-    def run(
-        self,
-        stage: str,
-        config: Any,
-        inputs: Mapping[str, Artifact],
-        fn: StageFn,
-        label: str | None = None,
-    ) -> Artifact:
-        label = label or stage
-        key = artifact_key(stage, config, {name: art.key for name, art in inputs.items()})
-        # a forced stage is redone, and so is everything downstream of it
-        redo = stage in self.force or any(a.key in self._redone for a in inputs.values())
+    def key(self, node: Node) -> str:
+        inputs = {name: self.results[parent].key for name, parent in node.inputs.items()}
+        return artifact_key(node.stage.name, node.stage.identity(node.settings), inputs)
+
+    def run(self, graph: Graph) -> dict[Node, Artifact]:
+        for node in graph:
+            self.run_node(node)
+        return self.results
+
+    def run_node(self, node: Node) -> Artifact:
+        """The node's artifact: reused when finished (unless forced), else computed."""
+        if node in self.results:
+            return self.results[node]
+        stage, output = node.stage, node.stage.output
+        inputs = {name: self.results[parent] for name, parent in node.inputs.items()}
+        key = self.key(node)
+        redo = stage.name in self.force or any(a.key in self._redone for a in inputs.values())
         if redo:
             self._redone.add(key)
         else:
-            found = self.store.lookup(stage, key)
+            found = self.store.lookup(stage.name, key)
             if found is not None:
-                log.info("%s: reusing finished artifact %s", label, key)
-                self.records.append(
-                    StageRecord(
-                        stage,
-                        label,
-                        key,
-                        True,
-                        0.0,
-                        int(found.manifest.get("items", 0)),
-                        float(found.manifest.get("wall_s", 0.0)),
-                    )
-                )
-                return found
-        log.info("%s: running (artifact %s)", label, key)
-        tmp = self.store.begin(stage, key)
+                log.info("%s: reusing finished artifact %s", node.label, key)
+                artifact = output.view(found)
+                self._record(node, key, True, 0.0, artifact)
+                self.results[node] = artifact
+                return artifact
+        log.info("%s: running (artifact %s)", node.label, key)
+        scratch = self.workdir.scratch / f"{stage.name}-{key}"
+        tmp = self.store.begin(stage.name, key)
+        ctx = StageContext(out=tmp, scratch=scratch, label=node.label, secret=self.secret)
         start = time.perf_counter()
         try:
-            returned = fn(tmp)
-            meta = dict(returned) if isinstance(returned, Mapping) else {}
+            returned = stage.run(ctx, node.settings, **inputs)
         except BaseException:
             self.store.discard(tmp)
             raise
-        wall = time.perf_counter() - start
+        wall = round(time.perf_counter() - start, 3)
+        meta: dict[str, Any] = dict(returned) if isinstance(returned, Mapping) else {}
         meta.setdefault("items", 0)
-        artifact = self.store.publish(
-            stage,
+        published = self.store.publish(
+            stage.name,
             key,
             tmp,
             {
-                "label": label,
-                "config": config,
-                "inputs": {name: art.key for name, art in inputs.items()},
-                "wall_s": round(wall, 3),
+                "label": node.label,
+                "config": stage.identity(node.settings),
+                "inputs": {name: a.key for name, a in inputs.items()},
+                "wall_s": wall,
                 **meta,
             },
         )
-        self.records.append(
-            StageRecord(stage, label, key, False, round(wall, 3), meta["items"], round(wall, 3))
-        )
-        log.info("%s: done in %.1f s", label, wall)
+        shutil.rmtree(scratch, ignore_errors=True)  # the published artifact supersedes it
+        artifact = output.view(published)
+        self._record(node, key, False, wall, artifact)
+        log.info("%s: done in %.1f s", node.label, wall)
+        self.results[node] = artifact
         return artifact
+
+    def _record(self, node: Node, key: str, reused: bool, wall: float, art: Artifact) -> None:
+        self.records.append(
+            StageRecord(
+                stage=node.stage.name,
+                label=node.label,
+                key=key,
+                reused=reused,
+                wall_s=wall,
+                items=art.items,
+                built_wall_s=art.built_wall_s,
+            )
+        )

@@ -15,11 +15,12 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cad import __version__
+from cad.artifacts.base import Artifact
+from cad.artifacts.checksums import sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -34,30 +35,6 @@ def artifact_key(stage: str, config: Any, inputs: Mapping[str, str]) -> str:
         {"stage": stage, "config": config, "inputs": dict(inputs), "version": __version__}
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A published, immutable artifact directory."""
-
-    stage: str
-    key: str
-    path: Path
-    manifest: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def read_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
 
 
 class ArtifactStore:
@@ -122,7 +99,7 @@ class ArtifactStore:
 def verify(artifact: Artifact) -> list[str]:
     """Files whose SHA-256 no longer matches the manifest (empty when intact)."""
     bad = []
-    for name, digest in artifact.manifest.get("files", {}).items():
+    for name, digest in artifact.meta.get("files", {}).items():
         path = artifact.path / name
         if not path.exists() or sha256_file(path) != digest:
             bad.append(name)

@@ -7,7 +7,6 @@ are fitted inside each training fold only. Folds are the split stage's patient f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from imblearn.pipeline import Pipeline
@@ -16,24 +15,9 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from cad.artifacts.probe import LayerScore
 from cad.config import BalanceConfig, ProbeConfig
 from cad.data.balance import make_sampler
-
-
-@dataclass(frozen=True)
-class NodeScore:
-    node: str
-    depth: int
-    dim: int
-    f1_mean: float
-    f1_std: float
-    fold_f1: tuple[float, ...]
-
-    def as_row(self) -> dict:
-        row = asdict(self)
-        row["fold_f1"] = " ".join(f"{v:.4f}" for v in self.fold_f1)
-        return row
-
 
 LIBSVM_MAX_SAMPLES = 5000
 
@@ -81,7 +65,7 @@ def score_nodes(
     folds: np.ndarray,
     cfg: ProbeConfig,
     balance: BalanceConfig,
-) -> list[NodeScore]:
+) -> list[LayerScore]:
     """CV F1 of every node; ``folds[i]`` is the patient fold of sample ``i``.
 
     Nodes run on joblib threads, widest first so that the longest fits start early: libsvm
@@ -91,24 +75,24 @@ def score_nodes(
     """
     nodes = list(features)
     widest_first = sorted(nodes, key=lambda node: -features[node].shape[1])
-    scored = Parallel(n_jobs=cfg.n_jobs, prefer="threads")(
+    scored = Parallel(n_jobs=cfg.runtime.n_jobs, prefer="threads")(
         delayed(_score_node)(features[node], labels, folds, cfg, balance) for node in widest_first
     )
     by_node = dict(zip(widest_first, scored, strict=True))
     results = [by_node[node] for node in nodes]
     return [
-        NodeScore(
-            node,
-            depths[node],
-            int(features[node].shape[1]),
-            float(np.mean(s)),
-            float(np.std(s)),
-            tuple(s),
+        LayerScore(
+            node=node,
+            depth=depths[node],
+            dim=int(features[node].shape[1]),
+            f1_mean=float(np.mean(s)),
+            f1_std=float(np.std(s)),
+            fold_f1=list(s),
         )
         for node, s in zip(nodes, results, strict=True)
     ]
 
 
-def choose_finetune_node(scores: Sequence[NodeScore]) -> NodeScore:
+def choose_finetune_node(scores: Sequence[LayerScore]) -> LayerScore:
     """Best mean F1; ties go to the shallower node."""
     return sorted(scores, key=lambda s: (-round(s.f1_mean, 12), s.depth))[0]

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cad.artifacts.model_package import SUMS
 from cad.device import describe, select_runtime
 from cad.errors import CadError, ModelPackageError, look_up_option
-from cad.finetune.package import SUMS, load_package
+from cad.finetune.package import load_package
 from cad.phi import Pseudonymizer, load_secret
 from cad.scoring.run import Run
 from cad.scoring.stream import WorkerPool, index_folder_stream, walk
@@ -129,7 +130,7 @@ def score_folder(
         pseudo = Pseudonymizer(secret)
         log.info(
             "model %s (%s), threshold %.4f; %s",
-            loaded.meta.get("backbone", "?"),
+            loaded.meta.backbone,
             pseudo.key("model", model_digest),
             loaded.threshold,
             describe(runtime),

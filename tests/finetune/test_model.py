@@ -99,7 +99,7 @@ def test_cached_prefix_gives_the_same_losses_as_full_forwards():
             lr=1e-2,
             precision="fp32",
             hidden=16,
-            cache_prefix=cache,
+            runtime={"cache_prefix": cache},
             patience=5,
         )
         result = train(
@@ -176,7 +176,7 @@ def test_same_node_trains_only_the_head():
 
 def test_googlenet_deep_supervision_trains_aux_heads_and_drops_them_at_inference():
     from cad.backbones import create_backbone, get_spec
-    from cad.pipeline.model_stages import supervised_aux_nodes
+    from cad.pipeline.stages.training import supervised_aux_nodes
 
     spec = get_spec("googlenet")
     aux = supervised_aux_nodes(spec, "inception3b.cat", "inception4e.cat")

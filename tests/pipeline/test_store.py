@@ -1,13 +1,17 @@
+"""The artifact store and the runner: keys, atomic publish, reuse, --force, kill -9."""
+
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from toy_stages import Toy, toy_graph
 
-from cad.pipeline.runner import StageRunner
+from cad.artifacts.summary import RunDir
 from cad.pipeline.store import ArtifactStore, artifact_key, verify
 
 
@@ -20,87 +24,72 @@ def test_key_depends_on_stage_config_and_inputs():
 
 
 def test_publish_writes_manifest_last_with_checksums(tmp_path):
-    runner = StageRunner(ArtifactStore(tmp_path))
-    art = runner.run(
-        "s", {"a": 1}, {}, lambda out: (out / "x.txt").write_text("hi") and {"items": 1}
-    )
+    runner, graph, calls = toy_graph(tmp_path, ["s"])
+    art = runner.run_node(graph.nodes[0])
     manifest = json.loads((art.path / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"x.txt"} and manifest["items"] == 1
+    assert set(manifest["files"]) == {"out.txt"} and manifest["items"] == 1
     assert verify(art) == []
-    (art.path / "x.txt").write_text("changed")
-    assert verify(art) == ["x.txt"]
+    (art.path / "out.txt").write_text("changed")
+    assert verify(art) == ["out.txt"]
 
 
 def test_rerun_reuses_and_config_change_reruns(tmp_path):
-    calls = []
+    runner, graph, calls = toy_graph(tmp_path, ["s"])
+    a = runner.run_node(graph.nodes[0])
+    runner2, graph2, _ = toy_graph(tmp_path, ["s"], calls=calls)
+    b = runner2.run_node(graph2.nodes[0])
+    assert a.key == b.key and calls == ["s"] and runner2.records[0].reused
+    runner3, graph3, _ = toy_graph(tmp_path, ["s"], value=2, calls=calls)
+    runner3.run(graph3)
+    assert calls == ["s", "s"]
+    runner4, graph4, _ = toy_graph(tmp_path, ["s"], force=["s"], calls=calls)
+    runner4.run(graph4)
+    assert calls == ["s", "s", "s"]
 
-    def stage(out):
-        calls.append(1)
-        (out / "f").write_text("1")
 
-    store = ArtifactStore(tmp_path)
-    a = StageRunner(store).run("s", {"a": 1}, {}, stage)
-    runner = StageRunner(store)
-    b = runner.run("s", {"a": 1}, {}, stage)
-    assert a.key == b.key and len(calls) == 1 and runner.records[0].reused
-    runner.run("s", {"a": 2}, {}, stage)
-    assert len(calls) == 2
-    StageRunner(store, force=["s"]).run("s", {"a": 1}, {}, stage)
-    assert len(calls) == 3
+def test_runtime_settings_are_not_in_the_key(tmp_path):
+    runner, graph, calls = toy_graph(tmp_path, ["s"], workers=1)
+    first = runner.run(graph)[graph.nodes[0]]
+    runner2, graph2, _ = toy_graph(tmp_path, ["s"], workers=8, calls=calls)
+    again = runner2.run(graph2)[graph2.nodes[0]]
+    assert again.key == first.key and calls == ["s"]
 
 
 def test_force_redoes_the_stage_and_everything_downstream(tmp_path):
-    calls = []
-
-    def stage(name):
-        def fn(out):
-            calls.append(name)
-            (out / "f").write_text(name)
-
-        return fn
-
-    store = ArtifactStore(tmp_path)
+    calls: list[str] = []
     for force in ([], ["b"]):
-        runner = StageRunner(store, force=force)
-        a = runner.run("a", {}, {}, stage("a"))
-        b = runner.run("b", {}, {"a": a}, stage("b"))
-        runner.run("c", {}, {"b": b}, stage("c"))
+        runner, graph, _ = toy_graph(tmp_path, ["a", "b", "c"], force=force, calls=calls)
+        runner.run(graph)
     assert calls == ["a", "b", "c", "b", "c"]
 
 
 def test_failed_stage_leaves_nothing(tmp_path):
-    store = ArtifactStore(tmp_path)
-
-    def boom(out):
-        (out / "half").write_text("x")
-        raise RuntimeError("boom")
-
+    runner, graph, _ = toy_graph(tmp_path, ["s"], fail=True)
     with pytest.raises(RuntimeError):
-        StageRunner(store).run("s", {}, {}, boom)
-    assert store.lookup("s", artifact_key("s", {}, {})) is None
-    assert list(tmp_path.iterdir()) == []
+        runner.run(graph)
+    store = ArtifactStore(RunDir(tmp_path).artifacts)
+    assert store.lookup("s", runner.key(graph.nodes[0])) is None
+    assert list(RunDir(tmp_path).artifacts.iterdir()) == []
 
 
 def test_kill_9_mid_stage_then_rerun(tmp_path):
     """A SIGKILLed stage leaves no artifact that counts; the rerun cleans up and finishes."""
     script = textwrap.dedent(f"""
-        import os, time, sys
-        from cad.pipeline.runner import StageRunner
-        from cad.pipeline.store import ArtifactStore
-        def stage(out):
-            (out / "part").write_text("half")
-            print("started", flush=True)
-            time.sleep(60)
-        StageRunner(ArtifactStore({str(tmp_path)!r})).run("s", {{}}, {{}}, stage)
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        from toy_stages import toy_graph
+        runner, graph, _ = toy_graph({str(tmp_path)!r}, ["s"], sleep=60)
+        runner.run(graph)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    store = ArtifactStore(tmp_path)
-    key = artifact_key("s", {}, {})
-    assert store.lookup("s", key) is None
-    assert any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
-    art = StageRunner(store).run("s", {}, {}, lambda out: (out / "part").write_text("whole"))
-    assert (art.path / "part").read_text() == "whole"
-    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+    root = RunDir(tmp_path).artifacts
+    runner, graph, calls = toy_graph(tmp_path, ["s"])
+    assert ArtifactStore(root).lookup("s", runner.key(graph.nodes[0])) is None
+    assert any(p.name.startswith(".tmp-") for p in root.iterdir())
+    art = runner.run(graph)[graph.nodes[0]]
+    assert (art.path / "out.txt").read_text() == "s 1"
+    assert isinstance(art, Toy) and art.text() == "s 1"
+    assert not any(p.name.startswith(".tmp-") for p in root.iterdir())

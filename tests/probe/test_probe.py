@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
+from cad.artifacts.probe import LayerScore
 from cad.config import BalanceConfig, ProbeConfig
 from cad.errors import ConfigError
 from cad.probe.nodes import choose_connection_node
-from cad.probe.svm import NodeScore, choose_finetune_node, score_nodes
+from cad.probe.svm import choose_finetune_node, score_nodes
 
 
 def _features(seed=0):
@@ -28,7 +29,7 @@ def test_node_choice_follows_probe_scores():
         {"a": 1, "b": 2, "c": 3},
         y,
         folds,
-        ProbeConfig(n_jobs=1),
+        ProbeConfig(runtime={"n_jobs": 1}),
         BalanceConfig(method="over"),
     )
     by_node = {s.node: s for s in scores}
@@ -39,9 +40,9 @@ def test_node_choice_follows_probe_scores():
 
 def test_ties_go_to_the_shallower_node():
     scores = [
-        NodeScore("deep", 5, 4, 0.8, 0.0, ()),
-        NodeScore("shallow", 2, 4, 0.8, 0.1, ()),
-        NodeScore("worse", 1, 4, 0.7, 0.0, ()),
+        LayerScore(node="deep", depth=5, dim=4, f1_mean=0.8, f1_std=0.0, fold_f1=[]),
+        LayerScore(node="shallow", depth=2, dim=4, f1_mean=0.8, f1_std=0.1, fold_f1=[]),
+        LayerScore(node="worse", depth=1, dim=4, f1_mean=0.7, f1_std=0.0, fold_f1=[]),
     ]
     assert choose_finetune_node(scores).node == "shallow"
 
@@ -53,7 +54,7 @@ def test_rbf_kernel_and_parallel_jobs():
         {"a": 1, "b": 2, "c": 3},
         y,
         folds,
-        ProbeConfig(kernel="rbf", n_jobs=2),
+        ProbeConfig(kernel="rbf", runtime={"n_jobs": 2}),
         BalanceConfig(method="none"),
     )
     assert choose_finetune_node(scores).node == "c"
@@ -110,7 +111,7 @@ def test_liblinear_path_agrees_on_the_best_node():
         {"a": 1, "b": 2, "c": 3},
         y,
         folds,
-        ProbeConfig(solver="liblinear", n_jobs=1),
+        ProbeConfig(solver="liblinear", runtime={"n_jobs": 1}),
         BalanceConfig(method="over"),
     )
     assert choose_finetune_node(scores).node == "c"

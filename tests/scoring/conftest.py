@@ -48,10 +48,12 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory):
             return directory
         meta, weights = package_meta(threshold), None
         if denoiser:  # a package trained on DnCNN-denoised slices ships the denoiser
+            from cad.artifacts.model_package import DenoiserSpec
             from cad.backbones.dncnn import DnCNN
 
             torch.manual_seed(1)
-            meta["denoiser"] = {"in_chans": 3, "depth": 3, "features": 8, "sigma": 0.05}
+            spec = DenoiserSpec(in_chans=3, depth=3, features=8, sigma=0.05)
+            meta = meta.model_copy(update={"denoiser": spec})
             weights = root / "dncnn.safetensors"
             dncnn = DnCNN(3, 3, 8).eval()
             torch.nn.init.normal_(dncnn.body[-1].weight, std=0.05)  # not the identity

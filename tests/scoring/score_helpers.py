@@ -3,10 +3,9 @@ that test files can import it whatever other ``conftest`` modules are loaded).""
 
 from __future__ import annotations
 
-import json
-
 import torch
 
+from cad.artifacts.model_package import HeadSpec, ModelMeta, Nodes
 from cad.backbones import create_backbone, get_spec
 from cad.config import InputConfig
 from cad.finetune.model import TransferModel, build_transfer_model
@@ -36,20 +35,27 @@ def make_model(seed: int = 0) -> TransferModel:
     ).eval()
 
 
-def package_meta(threshold: float) -> dict:
-    """What ``finetune_stage`` writes into model.json (the fields scoring reads)."""
+def package_meta(threshold: float, **changes) -> ModelMeta:
+    """What the finetune stage writes into model.json (the fields scoring reads)."""
     spec = get_spec("resnet18")
-    return {
-        "backbone": "resnet18",
-        "round": 1,
-        "weights_source": "random",
-        "nodes": dict(NODES),
-        "head": {"hidden": 16, "dropout": 0.1},
-        "classes": ["non-tumour", "tumour"],
-        "in_chans": 3,
-        "input": json.loads(InputConfig(size=SIZE).model_dump_json()),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "threshold": threshold,
-        "training_data_hash": "test",
-    }
+    meta = ModelMeta(
+        backbone="resnet18",
+        round=1,
+        weights_source="random",
+        nodes=Nodes(**NODES),
+        head=HeadSpec(hidden=16, dropout=0.1),
+        classes=["non-tumour", "tumour"],
+        in_chans=3,
+        input=InputConfig(size=SIZE),
+        mean=list(spec.mean),
+        std=list(spec.std),
+        threshold=threshold,
+        training_data_hash="test",
+        connection_shape=[256, 3, 3],
+        frozen_modules=0,
+        trainable_params=0,
+        frozen_params=0,
+        best_epoch=1,
+        best_val_f1=0.0,
+    )
+    return meta.model_copy(update=changes)

@@ -1,0 +1,147 @@
+"""What a finished run reports: ``summary.json`` as a versioned model, and the workdir layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from cad.artifacts.base import read_model, write_model
+from cad.artifacts.evaluation import Interval
+from cad.artifacts.model_package import Nodes
+from cad.artifacts.probe import LayerScore
+from cad.artifacts.splits import SplitSize
+from cad.errors import CadError
+
+SUMMARY_SCHEMA = 1
+
+
+class StageRecord(BaseModel):
+    """What happened to one stage in this invocation."""
+
+    stage: str
+    label: str
+    key: str
+    reused: bool
+    wall_s: float  # spent in this invocation (0 when reused)
+    items: int
+    built_wall_s: float  # what computing the artifact took when it ran
+
+
+class ChainSummary(BaseModel):
+    """One backbone and round: the probe, both nodes, training and the test metrics."""
+
+    backbone: str
+    round: int
+    weights_source: str
+    fell_back_to_random: bool
+    layer_scores: list[LayerScore]
+    nodes: Nodes
+    trainable_params: int
+    frozen_params: int
+    best_epoch: int
+    val_f1: float
+    threshold: float
+    test: dict[str, Interval]
+    model_dir: str  # relative to the workdir
+    model_dir_abs: str
+    artifacts: dict[str, str]  # stage -> artifact key
+    mlflow_run_id: str | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.backbone} round {self.round}"
+
+
+class DataSummary(BaseModel):
+    manifest_hash: str
+    splits: dict[str, SplitSize]
+    ingest: dict[str, Any]
+    denoise: dict[str, float] | None = None
+
+
+class BestModel(BaseModel):
+    backbone: str
+    round: int
+    chosen_by: Literal["validation F1"] = "validation F1"
+    model_dir: str
+    model_dir_abs: str
+
+
+class TrackingSummary(BaseModel):
+    uri: str  # credentials redacted
+    experiment: str
+    parent_run_id: str | None
+    child_runs: dict[str, str | None]
+    registered_model: str | None
+    registered_version: str | None
+    ok: bool
+    failures: list[str]
+
+
+class RunSummary(BaseModel):
+    schema_version: Literal[1] = SUMMARY_SCHEMA
+    pipeline: str
+    cad_version: str
+    data: DataSummary
+    results: list[ChainSummary]
+    best: BestModel | None
+    stages: list[StageRecord]
+    wall_s: float
+    tracking: TrackingSummary | None = None
+
+
+class RunDir:
+    """The files of one workdir: the artifact store, scratch space, logs and the run's
+    summary, report and comparison plot."""
+
+    SUMMARY = "summary.json"
+    REPORT = "report.md"
+    COMPARISON = "layer_f1_comparison.png"
+    CONFIG = "config.resolved.yaml"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "scratch"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs / "run.log"
+
+    @property
+    def redacted_config(self) -> Path:
+        return self.logs / self.CONFIG
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / self.SUMMARY
+
+    def write_summary(self, summary: RunSummary) -> Path:
+        return write_model(summary, self.summary_path)
+
+    def read_summary(self) -> RunSummary:
+        if not self.summary_path.is_file():
+            raise CadError(
+                f"{self.root} has no {self.SUMMARY}: it is not a finished cad run; "
+                f"run `cad run PIPELINE --workdir {self.root}` first"
+            )
+        raw = json.loads(self.summary_path.read_text())
+        if raw.get("schema_version", SUMMARY_SCHEMA) > SUMMARY_SCHEMA:
+            raise CadError(f"{self.summary_path} was written by a newer cad; upgrade cad")
+        return read_model(RunSummary, self.summary_path)

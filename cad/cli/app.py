@@ -1,0 +1,81 @@
+"""The typer application, its global options and the error handling every command shares."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from cad import __version__
+from cad.errors import CadError
+from cad.log import console, setup_logging
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+app = typer.Typer(
+    help="cad: breast-MRI computer-aided diagnosis by transfer learning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(
+    help="DICOM tools: check a folder, generate the phantom, build manifests.", no_args_is_help=True
+)
+backbones_app = typer.Typer(
+    help="The backbone registry: list networks, inspect candidate nodes.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(backbones_app, name="backbones")
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """CadError -> a one-paragraph message and exit code 2 (no traceback for users)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CadError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper
+
+
+def tune_process() -> None:
+    """Process-wide tuning for the heavy commands (run, score): freed activation memory stays
+    in the heap (:mod:`cad.heap`). Done here, at the entry point, never on import."""
+    from cad.heap import reuse_freed_memory
+
+    reuse_freed_memory()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    setup_logging(verbose=verbose)
+
+
+def register_score() -> None:
+    from cad.scoring.cli import score_command
+
+    def score(*args: Any, **kwargs: Any) -> Any:
+        tune_process()
+        return score_command(*args, **kwargs)
+
+    app.command("score")(handle_errors(functools.wraps(score_command)(score)))

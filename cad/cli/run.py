@@ -1,0 +1,94 @@
+"""``cad run``: the pipeline (data -> per-layer probe -> fine-tune -> evaluate -> report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cad.cli.app import app, handle_errors, tune_process
+from cad.log import console, setup_logging
+from cad.pipeline.graph import STAGE_NAMES
+
+
+@app.command()
+@handle_errors
+def run(
+    pipeline: Annotated[
+        Path, typer.Argument(help="Pipeline YAML, e.g. pipelines/breast_mri.yaml.")
+    ],
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Working directory for artifacts, report, MLflow db. Default: runs/<name>."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config value, e.g. --set finetune.epochs=2 (repeatable)."
+        ),
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Redo this stage (and what follows) even if finished: "
+            + ", ".join(STAGE_NAMES)
+            + " (repeatable)."
+        ),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only this backbone chain, BACKBONE or BACKBONE:ROUND (repeatable); "
+            "the data stages it reads are reused or computed."
+        ),
+    ] = None,
+    no_track: Annotated[bool, typer.Option("--no-track", help="Skip MLflow logging.")] = False,
+) -> None:
+    """Run the pipeline: data -> per-layer probe -> fine-tune -> evaluate -> report + MLflow.
+
+    Finished stages are reused; a changed stage config redoes that stage and what follows.
+    """
+    from cad.api import check_force
+    from cad.config import load_config
+    from cad.pipeline.graph import parse_chains
+
+    cfg = load_config(pipeline, set_ or [])  # fail fast, before the heavy imports
+    force_list = check_force(force or [])
+    chains = parse_chains(only or [], cfg)
+    workdir = workdir or Path("runs") / cfg.name
+    setup_logging(workdir / "logs" / "run.log")
+    tune_process()
+    from cad.api import run_pipeline
+
+    result = run_pipeline(cfg, workdir, force=force_list, track=not no_track, only=chains)
+    summary = result.summary
+    assert summary is not None
+    table = Table(title=f"cad run: {cfg.name}")
+    columns = ("backbone", "round", "fine-tuning node", "connection node", "val F1", "test F1",
+               "test AUC")  # fmt: skip
+    for column in columns:
+        table.add_column(column)
+    for r in summary.results:
+        table.add_row(
+            r.backbone,
+            str(r.round),
+            r.nodes.finetune,
+            r.nodes.connection,
+            f"{r.val_f1:.3f}",
+            f"{r.test['f1'].value:.3f}",
+            f"{r.test['roc_auc'].value:.3f}",
+        )
+    console.print(table)
+    tracking = summary.tracking
+    if tracking is not None and not tracking.ok:
+        console.print(
+            f"[bold yellow]MLflow logging failed[/] ({tracking.uri}); all artifacts "
+            "are on disk. See report.md."
+        )
+    console.print(f"report: {workdir / 'report.md'}\nsummary: {workdir / 'summary.json'}")
+    if tracking is not None and tracking.ok:
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {tracking.uri}")

@@ -1,0 +1,102 @@
+"""The end of a run: ``summary.json`` (for machines), the comparison plot, MLflow, ``report.md``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cad import __version__
+from cad.artifacts.summary import (
+    BestModel,
+    ChainSummary,
+    DataSummary,
+    RunDir,
+    RunSummary,
+)
+from cad.pipeline.result import ChainArtifacts, DataArtifacts, RunResult
+
+log = logging.getLogger("cad")
+
+INGEST_FIELDS = ("items", "studies", "studies_skipped", "outcomes", "positives")
+
+
+def chain_summary(chain: ChainArtifacts, workdir: RunDir) -> ChainSummary:
+    meta = chain.finetune.model_meta()
+    model_dir = chain.finetune.package
+    return ChainSummary(
+        backbone=chain.backbone,
+        round=chain.round,
+        weights_source=meta.weights_source,
+        fell_back_to_random=meta.fell_back_to_random,
+        layer_scores=chain.probe.scores(),
+        nodes=meta.nodes,
+        trainable_params=meta.trainable_params,
+        frozen_params=meta.frozen_params,
+        best_epoch=meta.best_epoch,
+        val_f1=meta.best_val_f1,
+        threshold=meta.threshold,
+        test=chain.evaluate.metrics().metrics,
+        model_dir=str(model_dir.relative_to(workdir.root)),
+        model_dir_abs=str(model_dir.resolve()),
+        artifacts={
+            "extract": chain.extract.key,
+            "probe": chain.probe.key,
+            "finetune": chain.finetune.key,
+            "evaluate": chain.evaluate.key,
+        },
+    )
+
+
+def data_summary(data: DataArtifacts) -> DataSummary:
+    denoise = data.denoise
+    return DataSummary(
+        manifest_hash=data.manifest_hash,
+        splits=data.split.assignment().sizes,
+        ingest={k: v for k, v in data.ingest.meta.items() if k in INGEST_FIELDS},
+        denoise=denoise.metrics if denoise is not None else None,
+    )
+
+
+def build_summary(result: RunResult, started: float) -> RunSummary:
+    chains = [chain_summary(c, result.workdir) for c in result.chains]
+    best = max(chains, key=lambda c: (c.val_f1, -c.round)) if chains else None
+    return RunSummary(
+        pipeline=result.config.name,
+        cad_version=__version__,
+        data=data_summary(result.data),
+        results=chains,
+        best=BestModel(
+            backbone=best.backbone,
+            round=best.round,
+            model_dir=best.model_dir,
+            model_dir_abs=best.model_dir_abs,
+        )
+        if best
+        else None,
+        stages=list(result.records),
+        wall_s=round(time.time() - started, 2),
+    )
+
+
+def finish_run(result: RunResult, started: float, track: bool = True) -> RunSummary:
+    """Write the summary, the comparison plot, MLflow (unless off) and the report."""
+    from cad.evaluate.plots import plot_layer_comparison
+    from cad.pipeline.report import write_report
+
+    workdir = result.workdir
+    summary = build_summary(result, started)
+    curves = {
+        f"{c.backbone} r{c.round}": (
+            [i / max(len(c.layer_scores) - 1, 1) for i in range(len(c.layer_scores))],
+            [s.f1_mean for s in c.layer_scores],
+        )
+        for c in summary.results
+    }
+    plot_layer_comparison(curves, workdir.file(RunDir.COMPARISON))
+    if track and result.config.tracking.enabled:
+        from cad.pipeline.mlflow_log import log_run
+
+        summary.tracking = log_run(result, summary)
+    workdir.write_summary(summary)
+    write_report(summary, workdir.file(RunDir.REPORT))
+    return summary

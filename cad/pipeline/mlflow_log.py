@@ -1,0 +1,140 @@
+"""Log a finished run to MLflow: one parent run, a child per backbone and round.
+
+Every child logs the same metric names so the MLflow UI overlays them: ``probe_f1`` with
+step = node depth (layer curves), ``train_loss``/``val_loss``/``val_f1`` with step = epoch,
+and ``test_<metric>`` (+ ``_low``/``_high`` interval bounds). Tracking never kills work:
+failures are recorded in the summary and the report, artifacts stay on disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from cad import __version__
+from cad.artifacts.summary import ChainSummary, RunDir, RunSummary, TrackingSummary
+from cad.config import dump_config, flatten_params, redact_paths
+from cad.evaluate.metrics import METRICS
+from cad.pipeline.result import ChainArtifacts, RunResult
+from cad.tracking import Tracker, default_tracking_uri, redact_uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _log_chain(
+    tracker: Tracker,
+    parent: str | None,
+    chain: ChainArtifacts,
+    info: ChainSummary,
+    base_tags: dict[str, str],
+) -> str | None:
+    run = tracker.start_run(
+        info.title,
+        parent_id=parent,
+        tags={
+            **base_tags,
+            "backbone": info.backbone,
+            "round": str(info.round),
+            "weights_source": info.weights_source,
+            "weights_fallback": str(info.fell_back_to_random).lower(),
+            "finetune_node": info.nodes.finetune,
+            "connection_node": info.nodes.connection,
+        },
+        params={
+            "backbone": info.backbone,
+            "round": str(info.round),
+            "finetune_node": info.nodes.finetune,
+            "connection_node": info.nodes.connection,
+            "threshold": f"{info.threshold:.6f}",
+        },
+    )
+    if run is None:
+        return None
+    scores = info.layer_scores
+    tracker.log_metric_steps(
+        run, "probe_f1", [s.f1_mean for s in scores], [s.depth for s in scores]
+    )
+    history = chain.finetune.history()
+    epochs = [int(h["epoch"]) for h in history]
+    for key in ("train_loss", "val_loss", "val_f1"):
+        tracker.log_metric_steps(run, key, [h[key] for h in history], epochs)
+    test: dict[str, float] = {}
+    for name in METRICS:
+        m = info.test[name]
+        test.update(
+            {f"test_{name}": m.value, f"test_{name}_low": m.low, f"test_{name}_high": m.high}
+        )
+    tracker.log_metrics(run, test)
+    tracker.log_metrics(
+        run, {"val_f1_best": info.val_f1, "trainable_params": info.trainable_params}
+    )
+    for path in (chain.probe.path / chain.probe.SCORES, chain.probe.plot):
+        tracker.log_artifact(run, path, "probe")
+    for path in (chain.finetune.path / chain.finetune.HISTORY, chain.finetune.curves):
+        tracker.log_artifact(run, path, "finetune")
+    for path in (chain.evaluate.path / chain.evaluate.METRICS, *chain.evaluate.plots()):
+        tracker.log_artifact(run, path, "evaluate")
+    tracker.log_artifacts(run, chain.finetune.package, "model")
+    tracker.end_run(run)
+    return run
+
+
+def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
+    """Log everything; returns the tracking block of summary.json."""
+    cfg = result.config
+    uri = default_tracking_uri(result.workdir.root, cfg.tracking.uri)
+    experiment = cfg.tracking.experiment or cfg.name
+    tracker = Tracker(
+        uri, experiment, retries=cfg.tracking.retries, timeout_s=cfg.tracking.timeout_s
+    )
+    base_tags = {
+        "cad_version": __version__,
+        "git_commit": git_commit(),
+        "data_manifest_hash": summary.data.manifest_hash,
+        "pipeline": cfg.name,
+    }
+    name = f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    parent = tracker.start_run(name, params=flatten_params(cfg), tags=base_tags)
+    if parent is not None:
+        redacted = result.workdir.redacted_config
+        redacted.parent.mkdir(parents=True, exist_ok=True)
+        redacted.write_text(dump_config(redact_paths(cfg)))
+        tracker.log_artifact(parent, redacted)
+        tracker.log_artifact(parent, result.workdir.file(RunDir.COMPARISON))
+    runs: dict[str, str | None] = {}
+    for chain, info in zip(result.chains, summary.results, strict=True):
+        run = _log_chain(tracker, parent, chain, info, base_tags)
+        info.mlflow_run_id = run
+        runs[f"{chain.backbone}/{chain.round}"] = run
+    registered = None
+    best = summary.best
+    if best and cfg.tracking.register_name:
+        best_run = runs.get(f"{best.backbone}/{best.round}")
+        if best_run:
+            registered = tracker.register_model(best_run, "model", cfg.tracking.register_name)
+    if parent is not None:
+        tracker.log_metrics(parent, {"best_val_f1": max(r.val_f1 for r in summary.results)})
+        tracker.end_run(parent)
+    return TrackingSummary(
+        uri=redact_uri(uri),
+        experiment=experiment,
+        parent_run_id=parent,
+        child_runs=runs,
+        registered_model=cfg.tracking.register_name if registered else None,
+        registered_version=registered,
+        ok=tracker.ok,
+        failures=tracker.failures,
+    )

@@ -1,0 +1,113 @@
+"""``report.md``: the run summary written for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cad.artifacts.evaluation import Interval
+from cad.artifacts.summary import RunDir, RunSummary
+from cad.evaluate.metrics import METRICS
+
+
+def _fmt(metric: Interval) -> str:
+    return f"{metric.value:.3f} [{metric.low:.3f}, {metric.high:.3f}]"
+
+
+def _warnings(summary: RunSummary) -> list[str]:
+    lines: list[str] = []
+    fallbacks = sorted({c.backbone for c in summary.results if c.fell_back_to_random})
+    if fallbacks:
+        lines += [
+            f"> **WARNING: random weights** were used for {', '.join(fallbacks)} because "
+            "ImageNet weights were not found (fallback: random). Results do not reflect "
+            "transfer learning.",
+            "",
+        ]
+    tracking = summary.tracking
+    if tracking is not None and not tracking.ok:
+        lines += [
+            f"> **MLflow logging failed** ({tracking.uri}): "
+            f"{'; '.join(tracking.failures[:3])}. All artifacts are on disk.",
+            "",
+        ]
+    return lines
+
+
+def _data(summary: RunSummary) -> list[str]:
+    lines = ["## Data", "", "| split | patients | slices | positive slices |", "|---|---|---|---|"]
+    lines += [
+        f"| {name} | {s.patients} | {s.samples} | {s.positives} |"
+        for name, s in summary.data.splits.items()
+    ]
+    denoise = summary.data.denoise
+    if denoise:
+        lines += [
+            "",
+            f"DnCNN denoising (trained on training slices): validation PSNR "
+            f"{denoise['val_psnr_noisy_db']:.2f} dB noisy -> "
+            f"{denoise['val_psnr_denoised_db']:.2f} dB denoised; mean absolute change on "
+            f"the real slices {denoise['mean_abs_change_real']:.4f}.",
+        ]
+    return lines
+
+
+def _results(summary: RunSummary) -> list[str]:
+    lines = [
+        "",
+        "## Test metrics (95% patient-bootstrap intervals)",
+        "",
+        "| backbone | round | weights | fine-tuning node | connection node | "
+        + " | ".join(METRICS)
+        + " |",
+        "|" + "---|" * (5 + len(METRICS)),
+    ]
+    for c in summary.results:
+        lines.append(
+            f"| {c.backbone} | {c.round} | {c.weights_source} | {c.nodes.finetune} | "
+            f"{c.nodes.connection} | " + " | ".join(_fmt(c.test[m]) for m in METRICS) + " |"
+        )
+    if summary.best is not None:
+        b = summary.best
+        lines += [
+            "",
+            f"Best by validation F1: **{b.backbone} round {b.round}** "
+            f"(model package: `{b.model_dir}`).",
+        ]
+    lines += ["", "## Layer probe (SVM F1 by patient-grouped CV on the training split)", ""]
+    for c in summary.results:
+        scores = ", ".join(f"{s.node} {s.f1_mean:.3f}" for s in c.layer_scores)
+        lines.append(f"- {c.backbone} round {c.round}: {scores}")
+    return lines
+
+
+def _stages(summary: RunSummary) -> list[str]:
+    lines = [
+        "",
+        f"![layer F1]({RunDir.COMPARISON})",
+        "",
+        "## Stages",
+        "",
+        "| stage | this run | wall s (when built) | items | items/s |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summary.stages:
+        rate = s.items / s.built_wall_s if s.built_wall_s else 0
+        lines.append(
+            f"| {s.label} | {'reused' if s.reused else 'ran'} | {s.built_wall_s:.1f} | "
+            f"{s.items} | {rate:.1f} |"
+        )
+    tracking = summary.tracking
+    if tracking is not None:
+        lines += [
+            "",
+            f"MLflow: `{tracking.uri}`, experiment `{tracking.experiment}`, parent run "
+            f"`{tracking.parent_run_id}`. Open the UI with "
+            "`mlflow ui --backend-store-uri <uri>`.",
+        ]
+    return lines
+
+
+def write_report(summary: RunSummary, path: Path) -> None:
+    lines = [f"# cad report: {summary.pipeline}", ""]
+    lines += _warnings(summary) + _data(summary) + _results(summary) + _stages(summary)
+    path.write_text("\n".join(lines) + "\n")

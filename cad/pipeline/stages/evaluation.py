@@ -1,0 +1,72 @@
+"""Evaluate: the only stage that touches the test patients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cad.artifacts.evaluation import Evaluation, EvaluationMetrics, Interval
+from cad.artifacts.images import ImageSet
+from cad.artifacts.model_package import TrainedModel
+from cad.artifacts.splits import Splits
+from cad.config import EvaluateConfig
+from cad.data.samples import column
+from cad.pipeline.stage import Settings, Stage, StageContext
+
+
+class EvaluateSettings(Settings):
+    evaluate: EvaluateConfig
+    title: str
+
+
+class EvaluateStage(Stage[EvaluateSettings]):
+    name = "evaluate"
+    summary = (
+        "the only stage that touches the test patients: F1, ROC AUC, accuracy, sensitivity, "
+        "specificity, PPV, NPV with 95% patient-bootstrap intervals, ROC/PR/confusion plots, "
+        "pseudonymous predictions"
+    )
+    settings_type = EvaluateSettings
+    inputs = {"model": TrainedModel, "images": ImageSet, "splits": Splits}
+    output = Evaluation
+
+    def identity(self, settings: EvaluateSettings) -> dict[str, Any]:
+        from cad.device import resolved_precision
+
+        precision = resolved_precision(settings.evaluate.precision)
+        return {**settings.identity(), "precision": precision}
+
+    def run(
+        self,
+        ctx: StageContext,
+        settings: EvaluateSettings,
+        model: TrainedModel,
+        images: ImageSet,
+        splits: Splits,
+    ) -> dict[str, Any]:
+        from cad.device import select_runtime
+        from cad.evaluate.metrics import bootstrap_metrics
+        from cad.evaluate.plots import plot_confusion, plot_pr, plot_roc
+        from cad.finetune.package import load_package
+        from cad.finetune.predict import predict_proba
+
+        cfg = settings.evaluate
+        loaded = load_package(model.package)
+        test_images, samples = images.subset(splits.assignment().test)
+        runtime = select_runtime(cfg.precision, cfg.runtime.channels_last)
+        prepared = loaded.prepare_images(test_images)  # e.g. the package's DnCNN
+        prob = predict_proba(
+            runtime.prepare(loaded.model), prepared, runtime, cfg.runtime.batch_size
+        )
+        y = column(samples, "label").astype(int)
+        groups = column(samples, "patient")
+        threshold = loaded.threshold
+        metrics = bootstrap_metrics(y, prob, threshold, groups, cfg.bootstrap, cfg.ci, cfg.seed)
+        result = EvaluationMetrics(
+            threshold=threshold, metrics={k: Interval(**v) for k, v in metrics.items()}
+        )
+        Evaluation.write(ctx.out, result, samples, prob)
+        roc, pr, confusion = Evaluation.plot_paths(ctx.out)
+        plot_roc(y, prob, roc, settings.title)
+        plot_pr(y, prob, pr, settings.title)
+        plot_confusion(y, (prob >= threshold).astype(int), confusion, settings.title)
+        return {"items": len(samples), "test_f1": metrics["f1"]["value"]}
