@@ -250,57 +250,34 @@ def phantom_training_set(
     """Run only the data stages (phantom -> manifest -> ingest -> split -> augment) of
     ``pipeline`` with ``--set``-style ``overrides`` in ``workdir`` and load the training
     split the way the probe and finetune stages do. Finished stages are reused."""
+    from cad.artifacts.images import ImageSet, TrainingSet
+    from cad.artifacts.splits import Splits
+    from cad.artifacts.summary import RunDir
     from cad.config import load_config
-    from cad.data.samples import column, read_samples
-    from cad.phi import load_secret
-    from cad.pipeline import data_stages as ds
-    from cad.pipeline.runner import StageRunner
-    from cad.pipeline.store import ArtifactStore
+    from cad.data.samples import column
+    from cad.phi import Pseudonymizer, load_secret
+    from cad.pipeline.graph import build_graph
+    from cad.pipeline.runner import Runner
 
     cfg = load_config(pipeline, list(overrides))
     workdir.mkdir(parents=True, exist_ok=True)
     secret = load_secret(workdir)
-    runner = StageRunner(ArtifactStore(workdir / "artifacts"))
-    phantom = runner.run(
-        "phantom", cfg.section("data")["phantom"], {}, lambda out: ds.phantom_stage(out, cfg)
-    )
-    made = runner.run(
-        "manifest",
-        {"margin": cfg.data.margin},
-        {"phantom": phantom},
-        lambda out: ds.phantom_manifest_stage(out, phantom, cfg.data.margin),
-    )
-    manifest, root = made.file("manifest.csv"), phantom.path / "dicom"
-    ingest = runner.run(
-        "ingest",
-        {"input": cfg.section("input"), "manifest": "phantom"},
-        {"manifest": made},
-        lambda out: ds.ingest_stage(out, manifest, root, cfg, secret),
-    )
-    split = runner.run(
-        "split",
-        cfg.section("split"),
-        {"ingest": ingest},
-        lambda out: ds.split_stage(out, ingest, cfg),
-    )
-    augment = runner.run(
-        "augment",
-        {"balance": cfg.section("balance"), "augment": cfg.section("augment")},
-        {"ingest": ingest, "split": split},
-        lambda out: ds.augment_stage(out, ingest, split, cfg),
-    )
-    samples = read_samples(augment.file("train_samples.csv"))
-    folds_by_patient = split.read_json("splits.json")["folds"]
-    all_images = np.load(ingest.file("images.npy"), mmap_mode="r")
-    all_labels = column(read_samples(ingest.file("samples.csv")), "label").astype(np.int64)
-    val_idx = ds.split_indices(ingest, split, "val")
+    graph = build_graph(cfg, Pseudonymizer(secret).key("secret", "fingerprint"))
+    assert graph.data is not None
+    runner = Runner(RunDir(workdir), secret)
+    augment = TrainingSet.view(runner.run_node(graph.data.augment))
+    split = Splits.view(runner.results[graph.data.split])
+    images = ImageSet.view(runner.results[graph.data.images])
+    samples = augment.samples()
+    assignment = split.assignment()
+    val_images, val_samples = images.subset(assignment.val)
     return PhantomTrainingSet(
-        images=np.ascontiguousarray(np.load(augment.file("train_images.npy")), dtype=np.float32),
-        labels=column(samples, "label").astype(np.int64),
-        folds=np.array([folds_by_patient[p] for p in column(samples, "patient")]),
-        order=np.load(augment.file("order.npy")),
-        val_images=np.ascontiguousarray(all_images[val_idx], dtype=np.float32),
-        val_labels=all_labels[val_idx],
+        images=np.ascontiguousarray(augment.images(), dtype=np.float32),
+        labels=augment.labels(),
+        folds=np.array([assignment.folds[p] for p in column(samples, "patient")]),
+        order=augment.order(),
+        val_images=np.ascontiguousarray(val_images, dtype=np.float32),
+        val_labels=column(val_samples, "label").astype(np.int64),
         config=cfg,
         key=augment.key,
     )

@@ -26,7 +26,7 @@ slow, but its F1 comparison has the pipeline's statistical resolution).
 
 ``--variants`` adds prototypes of proposed changes to the same rounds (see the README);
 a variant is ``+``-joined tokens applied to cad's path:
-``bNN``     batch size NN (cad's default is extract.batch_size = 32);
+``bNN``     batch size NN (cad's default is extract.runtime.batch_size = 32);
 ``nocl``    without channels_last;
 ``compile`` cad's ``extract.compile`` path (inductor, freezing) compiled once before the
             rounds: the one-off compile time is reported apart, the rounds time the
@@ -40,7 +40,7 @@ a variant is ``+``-joined tokens applied to cad's path:
             threads.
 e.g. ``--variants compile,cadcompile,nocl+b64,t1,fp32+t1``.
 
-    .venv/bin/python benchmarks/bench_extract.py [--quick] [--size 96|224] [--reps 3]
+    .venv/bin/python -m benchmarks.bench_extract [--quick] [--size 96|224] [--reps 3]
         [--pipeline pipelines/breast_mri.yaml]
         [--backbones vgg16,inception_v3,resnet50]
         [--variants compile,cadcompile,b64,nocl+b64,fp32cl]
@@ -54,8 +54,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import early_env  # noqa: E402
+from benchmarks._common import early_env  # noqa: E402
 
 early_env(sys.argv)
 
@@ -66,7 +65,12 @@ from collections.abc import Callable, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import (  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
     RESULTS,
     ROOT,
     MatmulLimit,
@@ -84,11 +88,6 @@ from _common import (  # noqa: E402
     with_threads,
     write_result,
 )
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
-
 from cad.backbones import create_backbone, get_spec  # noqa: E402
 from cad.device import Runtime, describe, select_runtime  # noqa: E402
 from cad.features.extract import (  # noqa: E402
@@ -339,7 +338,7 @@ def main() -> None:
         help="input size (default: breast_mri.yaml's input.size; e.g. 224)",
     )
     parser.add_argument("--backbones", default=",".join(BACKBONES))
-    parser.add_argument("--batch-size", type=int, default=32, help="as extract.batch_size")
+    parser.add_argument("--batch-size", type=int, default=32, help="as extract.runtime.batch_size")
     parser.add_argument("--reps", type=int, default=None, help="interleaved rounds (3; quick 2)")
     parser.add_argument(
         "--pipeline",
@@ -371,12 +370,12 @@ def main() -> None:
             f"input.size={args.size}",
             f"data.phantom.patients={patients}",
             f"augment.copies={copies}",
-            "probe.n_jobs=1",
+            "probe.runtime.n_jobs=1",
         ]
         workdir = cache_dir(f"extract-{args.size}-{patients}-{copies}")
     else:
         pipeline = args.pipeline.resolve()
-        overrides = [f"input.size={args.size}", "probe.n_jobs=1"]
+        overrides = [f"input.size={args.size}", "probe.runtime.n_jobs=1"]
         workdir = cache_dir(f"data-{pipeline.stem}")
     print(
         f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "

@@ -17,7 +17,7 @@ Per-epoch times come from cad's own epoch log lines (validation included, as in 
 plain loop). Then the correctness check: cad with ``cache_prefix`` True vs False, fp32,
 same seed, must give the same first-epoch training loss (relative 1e-4).
 
-    .venv/bin/python benchmarks/bench_finetune.py [--quick] [--epochs 5] [--reps 2]
+    .venv/bin/python -m benchmarks.bench_finetune [--quick] [--epochs 5] [--reps 2]
         [--size 96] [--threads N] [--omp-passive]
 
 Writes ``benchmarks/results/bench_finetune.json`` (``_quick`` with ``--quick``).
@@ -26,10 +26,8 @@ Writes ``benchmarks/results/bench_finetune.json`` (``_quick`` with ``--quick``).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import early_env  # noqa: E402
+from benchmarks._common import early_env  # noqa: E402
 
 early_env(sys.argv)
 
@@ -42,7 +40,11 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import (  # noqa: E402
+from sklearn.metrics import f1_score  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
     RESULTS,
     ROOT,
     add_common_args,
@@ -58,12 +60,8 @@ from _common import (  # noqa: E402
     with_threads,
     write_result,
 )
-from sklearn.metrics import f1_score  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
 from cad.backbones import create_backbone, get_spec  # noqa: E402
-from cad.config import AugmentConfig, FinetuneConfig  # noqa: E402
+from cad.config import AugmentConfig, FinetuneConfig, FinetuneRuntime  # noqa: E402
 from cad.device import describe, select_runtime  # noqa: E402
 from cad.finetune.model import TransferModel, build_transfer_model  # noqa: E402
 from cad.finetune.train import train  # noqa: E402
@@ -217,8 +215,11 @@ def loss_check(base: TransferModel, data, cfg: FinetuneConfig, steps: int = 3) -
     data = copy.copy(data)
     data.order = np.asarray(data.order)[: steps * cfg.batch_size]
     one = cfg.model_copy(update={"epochs": 1, "precision": "fp32"})
-    cached = run_cad(copy.deepcopy(base), data, one.model_copy(update={"cache_prefix": True}))
-    full = run_cad(copy.deepcopy(base), data, one.model_copy(update={"cache_prefix": False}))
+    cached_cfg, full_cfg = (
+        one.model_copy(update={"runtime": FinetuneRuntime(cache_prefix=c)}) for c in (True, False)
+    )
+    cached = run_cad(copy.deepcopy(base), data, cached_cfg)
+    full = run_cad(copy.deepcopy(base), data, full_cfg)
     a, b = cached["train_loss"][0], full["train_loss"][0]
     rel = abs(a - b) / max(abs(b), 1e-12)
     return {
@@ -265,7 +266,7 @@ def bench_case(name: str, data, args) -> dict:
         hidden=256,
         dropout=0.5,
         patience=args.epochs + 1,
-        cache_prefix=True,
+        runtime={"cache_prefix": True},
         precision="auto",
         seed=0,
     )
@@ -350,7 +351,7 @@ def main() -> None:
         f"input.size={args.size}",
         f"data.phantom.patients={patients}",
         f"augment.copies={copies}",
-        "probe.n_jobs=1",
+        "probe.runtime.n_jobs=1",
     ]
     workdir = cache_dir(f"extract-{args.size}-{patients}-{copies}")
     print(

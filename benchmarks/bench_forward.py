@@ -14,7 +14,7 @@ Prints slices/s, the ratios, the page faults per slice of each side (the heap's 
 the largest probability difference between cad and the fp32 forward, and the relative
 difference of their connection-node features.
 
-    .venv/bin/python benchmarks/bench_forward.py [--backbone resnet50] [--size 224]
+    .venv/bin/python -m benchmarks.bench_forward [--backbone resnet50] [--size 224]
         [--batch-size 64] [--slices 256] [--reps 3]
 
 Writes ``benchmarks/results/bench_forward_<backbone>_<size>.json``.
@@ -23,10 +23,8 @@ Writes ``benchmarks/results/bench_forward_<backbone>_<size>.json``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import early_env  # noqa: E402
+from benchmarks._common import early_env  # noqa: E402
 
 early_env(sys.argv)
 
@@ -35,7 +33,8 @@ import resource  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import (  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
     RESULTS,
     add_common_args,
     as_plain_script,
@@ -47,7 +46,6 @@ from _common import (  # noqa: E402
     under_load,
     write_result,
 )
-
 from cad.backbones import create_backbone, get_spec  # noqa: E402
 from cad.device import describe, select_runtime  # noqa: E402
 from cad.finetune.model import TransferModel, build_transfer_model  # noqa: E402

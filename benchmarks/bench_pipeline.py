@@ -6,8 +6,8 @@ stage as the runner measured them) plus the process wall time (imports, MLflow l
 and the report included). The second invocation must reuse every stage; its wall time
 is what a user waits for a rerun with nothing changed.
 
-    .venv/bin/python benchmarks/bench_pipeline.py            # pipelines/breast_mri.yaml (long)
-    .venv/bin/python benchmarks/bench_pipeline.py --quick    # pipelines/smoke.yaml
+    .venv/bin/python -m benchmarks.bench_pipeline            # pipelines/breast_mri.yaml (long)
+    .venv/bin/python -m benchmarks.bench_pipeline --quick    # pipelines/smoke.yaml
         [--workdir DIR --keep] [--no-track] [--set key=value ...]
 
 Writes ``benchmarks/results/bench_pipeline.json`` (``bench_pipeline_quick.json`` with
@@ -27,8 +27,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, loadavg, machine_info, under_load, write_result  # noqa: E402
+from benchmarks._common import RESULTS, ROOT, loadavg, machine_info, under_load, write_result  # noqa: E402
 
 
 def cad_run(

@@ -19,7 +19,7 @@ formulations' F1 differ. Two untimed runs explain a difference: ``sklearn_over``
 obvious loop plus cad's oversampling inside each fold: isolates hinge/libsvm vs squared
 hinge/liblinear) and ``cad_nobal`` (cad without resampling: isolates the oversampling).
 
-    .venv/bin/python benchmarks/bench_probe.py [--quick] [--reps 2] [--threads N]
+    .venv/bin/python -m benchmarks.bench_probe [--quick] [--reps 2] [--threads N]
         [--omp-passive] [--no-explain]
 
 Full: the data of ``pipelines/breast_mri.yaml`` (36 patients, 2 augmented copies, the
@@ -32,8 +32,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import early_env  # noqa: E402
+from benchmarks._common import early_env  # noqa: E402
 
 early_env(sys.argv)
 
@@ -42,7 +41,13 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import (  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import PredefinedSplit, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.svm import LinearSVC  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
     RESULTS,
     ROOT,
     add_common_args,
@@ -56,12 +61,6 @@ from _common import (  # noqa: E402
     under_load,
     write_result,
 )
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import PredefinedSplit, cross_val_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.svm import LinearSVC  # noqa: E402
-
 from cad.probe.svm import _score_node, choose_finetune_node, score_nodes, solver_for  # noqa: E402
 
 BACKBONES = ("vgg16", "inception_v3", "resnet50")
@@ -73,13 +72,13 @@ def cached_features(data, name: str, workdir: Path) -> dict[str, np.ndarray]:
 
     from cad.backbones import create_backbone, get_spec
     from cad.device import select_runtime
-    from cad.features.extract import extract_features, load_features, save_features
+    from cad.features.extract import extract_features
     from cad.finetune.model import Normalize
 
     spec = get_spec(name)
     directory = workdir / f"features-{name}-{data.key}"
     if (directory / "done").exists():
-        return {n: np.asarray(a) for n, a in load_features(directory, spec.nodes).items()}
+        return {n: np.load(directory / f"{n}.npy") for n in spec.nodes}
     torch.manual_seed(0)
     model = create_backbone(name, "random", data.images.shape[1]).model
     start = time.perf_counter()
@@ -96,7 +95,9 @@ def cached_features(data, name: str, workdir: Path) -> dict[str, np.ndarray]:
         f"{directory})",
         flush=True,
     )
-    save_features(features, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for node, matrix in features.items():  # a benchmark cache, not an artifact
+        np.save(directory / f"{node}.npy", matrix)
     (directory / "done").write_text("")
     return features
 
@@ -141,7 +142,7 @@ def score_nodes_processes(
     from joblib import Parallel, delayed
 
     nodes = list(features)
-    scores = Parallel(n_jobs=cfg.n_jobs, prefer="processes")(
+    scores = Parallel(n_jobs=cfg.runtime.n_jobs, prefer="processes")(
         delayed(_score_node)(features[n], labels, folds, cfg, balance) for n in nodes
     )
     return dict(zip(nodes, scores, strict=True))
@@ -186,7 +187,7 @@ def main() -> None:
         b: dict(zip(get_spec(b).nodes, get_spec(b).node_depths, strict=True)) for b in features
     }
     dims = {b: {node: int(x.shape[1]) for node, x in f.items()} for b, f in features.items()}
-    seq_cfg = cfg.model_copy(update={"n_jobs": 1})
+    seq_cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"n_jobs": 1})})
 
     def cad(probe_cfg) -> dict:
         return {

@@ -15,7 +15,7 @@ thread gains. This measures cad's extraction (``extract_features``, ``select_run
 controlled stand-in for "someone else's job"), so the effect is reproducible on an idle
 machine; the machine's own load comes on top and is printed.
 
-    .venv/bin/python benchmarks/bench_threads.py [--quick] [--background 0,1] [--reps 2]
+    .venv/bin/python -m benchmarks.bench_threads [--quick] [--background 0,1] [--reps 2]
 
 Writes ``benchmarks/results/bench_threads.json`` (``_quick`` with ``--quick``).
 """
@@ -30,8 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from benchmarks._common import (  # noqa: E402
     RESULTS,
     load_note,
     loadavg,
@@ -54,7 +53,7 @@ threads, backbone, n, size = json.loads(sys.argv[1])
 if threads:
     torch.set_num_threads(threads)
 sys.path.insert(0, sys.argv[2])
-from bench_extract import fp32_script
+from benchmarks.bench_extract import fp32_script
 from cad.backbones import create_backbone, get_spec
 from cad.device import select_runtime
 from cad.features.extract import extract_features
@@ -87,7 +86,7 @@ def run_child(setting: str, backbone: str, n: int, size: int) -> dict:
     args = json.dumps([threads, backbone, n, size])
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, args, str(Path(__file__).parent)],
+        [sys.executable, "-c", CHILD, args, str(Path(__file__).resolve().parents[1])],
         env=env,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ series' 1st/99th percentiles) and scores StandardScaler + LogisticRegression wit
 patient-grouped 5-fold CV. A phantom where this baseline does well would let a CNN learn
 "bright slice" instead of "lesion".
 
-    .venv/bin/python benchmarks/phantom_baseline.py [--png montage.png] [--time-write]
+    .venv/bin/python -m benchmarks.phantom_baseline [--png montage.png] [--time-write]
         [--cnn-patients 80]   # and check that a small CNN does learn the lesions
 """
 

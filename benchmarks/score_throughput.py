@@ -18,7 +18,7 @@ the load, so CPU seconds per slice (all threads and processes) are reported as w
 ratio is the share of scoring's CPU spent in the forward pass itself. Writes
 ``benchmarks/results/score_throughput.json``.
 
-    .venv/bin/python benchmarks/score_throughput.py [--patients 4] [--scale 10] \\
+    .venv/bin/python -m benchmarks.score_throughput [--patients 4] [--scale 10] \\
         [--slices 24] [--size 64] [--workers 2] [--batch-size 64] [--backbone resnet18]
 
 Clinical size: ``--backbone resnet50 --size 224 --patients 8 --scale 10`` (writes
@@ -162,7 +162,8 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
     """
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.score_throughput",
         "--child",
         str(package),
         str(root),
@@ -171,7 +172,11 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
         str(batch_size),
     ]
     child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "CAD_SECRET": "benchmark"}
+        command,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "CAD_SECRET": "benchmark-" + "0" * 32},
     )
     peak_rss = peak_pss = 0
     main_rss: dict[int, int] = {}

@@ -26,10 +26,6 @@ class ModelPackageError(CadError):
     """A model package is missing files, fails its checksums or is malformed."""
 
 
-class StageError(CadError):
-    """A pipeline stage could not produce its artifact."""
-
-
 def did_you_mean(value: str, options: Iterable[str]) -> str:
     """Return " did you mean 'x'?" for the closest option, or "" when nothing is close."""
     options = list(options)

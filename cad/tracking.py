@@ -5,7 +5,8 @@ once). A failing call is logged on ``cad.tracking``, recorded PHI-free in ``fail
 operation and error class, never server text, which can echo values we sent) and never
 raised. The first failure that makes the store unusable (refused, timeout, server or database
 error) turns the tracker *down*: later calls return at once, so an outage costs one wait.
-Importing this module turns off MLflow telemetry, URL printing and progress bars (unless set).
+MLflow's own telemetry, URL printing and progress bars are turned off by the CLI's entry
+point (:func:`cad.cli.app.quiet_third_party`), before mlflow is first imported.
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+import mlflow.artifacts
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-import mlflow.artifacts  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from cad.errors import ModelPackageError  # noqa: E402
+from cad.errors import ModelPackageError
 
 log = logging.getLogger("cad.tracking")
 

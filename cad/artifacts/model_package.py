@@ -52,8 +52,8 @@ class ModelMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    format: Literal["cad-model"] = FORMAT
-    schema_version: Literal[2] = SCHEMA_VERSION
+    format: Literal["cad-model"] = "cad-model"
+    schema_version: Literal[2] = 2
     cad_version: str = __version__
     backbone: str
     round: int = Field(ge=1)

@@ -82,7 +82,7 @@ class TrackingSummary(BaseModel):
 
 
 class RunSummary(BaseModel):
-    schema_version: Literal[1] = SUMMARY_SCHEMA
+    schema_version: Literal[1] = 1
     pipeline: str
     cad_version: str
     data: DataSummary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -44,6 +45,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+QUIET_DEFAULTS = {  # read by mlflow when it is imported: set before that, unless the user did
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # no usage reports leave the machine
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def quiet_third_party() -> None:
+    """Environment defaults for the libraries cad drives (the CLI sets them at start-up;
+    a Python caller may set the same variables itself)."""
+    for name, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def tune_process() -> None:
     """Process-wide tuning for the heavy commands (run, score): freed activation memory stays
     in the heap (:mod:`cad.heap`). Done here, at the entry point, never on import."""
@@ -68,6 +83,7 @@ def main(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
+    quiet_third_party()
     setup_logging(verbose=verbose)
 
 

@@ -208,7 +208,6 @@ class ProbeConfig(Section):
 
 class FinetuneRuntime(Runtime):
     cache_prefix: bool = Field(True, description="reuse frozen-prefix activations every epoch")
-    channels_last: bool = True
 
 
 class FinetuneConfig(Section):
@@ -225,6 +224,9 @@ class FinetuneConfig(Section):
     loss: Literal["weighted", "plain"] = "plain"
     patience: int = Field(3, ge=1, description="early stopping on validation F1")
     precision: Precision = "auto"
+    channels_last: bool = Field(
+        True, description="memory layout in training (a result field: bf16 gradients differ)"
+    )
     seed: int = 0
     runtime: FinetuneRuntime = FinetuneRuntime()
 

@@ -42,6 +42,14 @@ STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 CHAIN_STAGES: tuple[str, ...] = (EXTRACT.name, PROBE.name, FINETUNE.name, EVALUATE.name)
 
 
+def stage_table() -> str:
+    """The README's stage table, made from ``STAGES`` (a test keeps the README in step)."""
+    rows = [f"| `{stage.name}` | {stage.summary} |" for stage in STAGES]
+    return "\n".join(
+        ["| stage | what it writes (one artifact directory each) |", "|---|---|", *rows]
+    )
+
+
 @dataclass(frozen=True)
 class ChainId:
     """One backbone and transfer round: the unit of work after the data stages."""
@@ -169,8 +177,8 @@ def _data_chain(
     split = graph.add(SPLIT, SplitSettings(split=cfg.split), {"images": ingest})
     images = ingest
     if cfg.denoise.enabled:
-        settings = DenoiseSettings(denoise=cfg.denoise)
-        images = graph.add(DENOISE, settings, {"images": ingest, "splits": split})
+        denoise = DenoiseSettings(denoise=cfg.denoise)
+        images = graph.add(DENOISE, denoise, {"images": ingest, "splits": split})
     augment = graph.add(
         AUGMENT,
         AugmentSettings(augment=cfg.augment, balance=cfg.balance),

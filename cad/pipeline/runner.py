@@ -45,11 +45,12 @@ class Runner:
         return self.results
 
     def run_node(self, node: Node) -> Artifact:
-        """The node's artifact: reused when finished (unless forced), else computed."""
+        """The node's artifact (its inputs first): reused when finished (unless forced),
+        else computed."""
         if node in self.results:
             return self.results[node]
         stage, output = node.stage, node.stage.output
-        inputs = {name: self.results[parent] for name, parent in node.inputs.items()}
+        inputs = {name: self.run_node(parent) for name, parent in node.inputs.items()}
         key = self.key(node)
         redo = stage.name in self.force or any(a.key in self._redone for a in inputs.values())
         if redo:
@@ -68,7 +69,7 @@ class Runner:
         ctx = StageContext(out=tmp, scratch=scratch, label=node.label, secret=self.secret)
         start = time.perf_counter()
         try:
-            returned = stage.run(ctx, node.settings, **inputs)
+            returned = stage.execute(ctx, node.settings, inputs)
         except BaseException:
             self.store.discard(tmp)
             raise

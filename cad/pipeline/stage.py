@@ -9,7 +9,7 @@ only the runner, decides what is reused.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +57,12 @@ class StageContext:
 S = TypeVar("S", bound=Settings)
 
 
-class Stage(ABC, Generic[S]):
-    """One kind of step. Subclasses set the class attributes and implement ``run``."""
+class Stage(Generic[S]):
+    """One kind of step. Subclasses set the class attributes and define
+    ``run(self, ctx, settings, **inputs)`` whose keyword parameters are exactly the names in
+    ``inputs`` (those in ``optional_inputs`` default to None); this is checked when the
+    subclass is defined. ``run`` writes the artifact's files into ``ctx.out`` and returns
+    metadata for its manifest (``items``: how many things it processed)."""
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line: what the artifact holds (README table, --help)
@@ -67,11 +71,29 @@ class Stage(ABC, Generic[S]):
     optional_inputs: ClassVar[frozenset[str]] = frozenset()
     output: ClassVar[type[Artifact]]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = getattr(cls, "run", None)
+        if run is None:
+            raise TypeError(f"stage {cls.__name__} defines no run()")
+        params = list(inspect.signature(run).parameters.values())[3:]  # self, ctx, settings
+        names = {
+            p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in params) and names != set(cls.inputs):
+            raise TypeError(
+                f"stage {cls.__name__}: run() takes {sorted(names)}, inputs declare "
+                f"{sorted(cls.inputs)}"
+            )
+
     def identity(self, settings: S) -> dict[str, Any]:
         """What defines this stage's result (hashed into its key)."""
         return settings.identity()
 
-    @abstractmethod
-    def run(self, ctx: StageContext, settings: S, **inputs: Any) -> Mapping[str, Any] | None:
-        """Write the artifact's files into ``ctx.out``; return metadata for its manifest
-        (``items``: how many things it processed, for throughput reports)."""
+    def execute(
+        self, ctx: StageContext, settings: S, inputs: Mapping[str, Artifact]
+    ) -> Mapping[str, Any] | None:
+        """Call ``run`` with the inputs as keyword arguments (what the runner does)."""
+        run: Any = getattr(self, "run")  # noqa: B009 - declared by subclasses, checked above
+        result: Mapping[str, Any] | None = run(ctx, settings, **inputs)
+        return result

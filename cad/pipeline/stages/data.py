@@ -150,7 +150,7 @@ class SplitStage(Stage[SplitSettings]):
 
         samples = images.samples()
         patients, labels = column(samples, "patient"), column(samples, "label")
-        splits = split_patients(patients, labels, settings.split)
+        splits = split_patients(list(patients), list(labels), settings.split)
         check_disjoint(splits)
         train = set(splits["train"])
         mask = np.array([p in train for p in patients])

@@ -54,9 +54,7 @@ class EvaluateStage(Stage[EvaluateSettings]):
         test_images, samples = images.subset(splits.assignment().test)
         runtime = select_runtime(cfg.precision, cfg.runtime.channels_last)
         prepared = loaded.prepare_images(test_images)  # e.g. the package's DnCNN
-        prob = predict_proba(
-            runtime.prepare(loaded.model), prepared, runtime, cfg.runtime.batch_size
-        )
+        prob = predict_proba(loaded.model, prepared, runtime, cfg.runtime.batch_size)
         y = column(samples, "label").astype(int)
         groups = column(samples, "patient")
         threshold = loaded.threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
 
         cfg, spec, inputs = settings.finetune, get_spec(settings.backbone.name), training.spec
         index = features.index()
-        shapes = {n.node: n.shape for n in index.nodes}
+        shapes: dict[str, Sequence[int]] = {n.node: n.shape for n in index.nodes}
         finetune_node = probe.choice().finetune
         nodes = [n.node for n in index.nodes]
         connection = choose_connection_node(nodes, shapes, finetune_node, cfg.connection)
@@ -113,7 +114,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
         order = training.order()
         val_images, val_samples = images.subset(splits.assignment().val)
         val_labels = column(val_samples, "label").astype(np.int64)
-        runtime = select_runtime(cfg.precision, cfg.runtime.channels_last)
+        runtime = select_runtime(cfg.precision, cfg.channels_last)
         with progress(
             f"finetune {spec.name} r{settings.round}", len(order) * cfg.epochs, "slices"
         ) as bar:
@@ -130,10 +131,9 @@ class FinetuneStage(Stage[FinetuneSettings]):
                 ctx.scratch,
                 bar,
             )
+        assert result.val_prob is not None
         threshold = choose_threshold(val_labels, result.val_prob)
-        denoiser = None
-        if isinstance(images, DenoisedImages):
-            denoiser = images.denoiser
+        denoised = images if isinstance(images, DenoisedImages) else None
         meta = ModelMeta(
             backbone=spec.name,
             round=settings.round,
@@ -157,11 +157,11 @@ class FinetuneStage(Stage[FinetuneSettings]):
             frozen_params=int(sum(p.numel() for p in model.frozen_parameters().values())),
             best_epoch=result.best_epoch,
             best_val_f1=result.best_val_f1,
-            denoiser=DenoiserSpec(**images.denoiser_spec) if denoiser is not None else None,
+            denoiser=DenoiserSpec(**denoised.denoiser_spec) if denoised is not None else None,
         )
         package, history, curves = TrainedModel.files_in(ctx.out)
         model = model.float().to("cpu").to(memory_format=torch.contiguous_format)
-        save_package(model, meta, package, denoiser=denoiser)
+        save_package(model, meta, package, denoiser=denoised.denoiser if denoised else None)
         TrainedModel.write_history(result.history, history)
         plot_training_curves(result.history, curves, settings.title)
         return {
