@@ -6,23 +6,51 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from cad.artifacts.base import Artifact, read_model, write_model
 from cad.data.samples import Sample
 
 
 class Interval(BaseModel):
-    """A point estimate with its patient-bootstrap percentile interval (NaN: undefined)."""
+    """A point estimate with its patient-bootstrap percentile interval (NaN: undefined, e.g.
+    PPV without positive predictions; written as JSON's NaN like ``json.dumps`` does)."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
 
     value: float
     low: float
     high: float
 
 
+class ChanceLevels(BaseModel):
+    """What an uninformed rule scores on the same labels (``cad.evaluate.metrics``)."""
+
+    prevalence: float
+    f1_all_positive: float
+    f1_prevalence: float
+    roc_auc: float = 0.5
+
+
+class LevelResult(BaseModel):
+    """Metrics at one level (slices, or patients: positive if any slice is)."""
+
+    samples: int
+    positives: int
+    chance: ChanceLevels
+    metrics: dict[str, Interval]  # every name of cad.evaluate.metrics.METRICS
+
+
 class EvaluationMetrics(BaseModel):
-    threshold: float
-    metrics: dict[str, Interval]  # slice level, every name of cad.evaluate.metrics.METRICS
+    threshold: float  # chosen on validation; a slice is positive at probability >= threshold
+    slice: LevelResult
+    patient: LevelResult
+    flags: list[str] = []  # what a reader must not miss, e.g. sensitivity below 0.5
+
+    @property
+    def metrics(self) -> dict[str, Interval]:
+        """Slice-level metrics (what the layer probe and fine-tuning optimise)."""
+        return self.slice.metrics
 
 
 PREDICTION_COLUMNS = ("sample", "patient", "study", "series", "slice", "label", "probability",

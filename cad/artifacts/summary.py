@@ -9,9 +9,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from cad.artifacts.base import read_model, write_model
-from cad.artifacts.evaluation import Interval
+from cad.artifacts.evaluation import ChanceLevels, Interval
 from cad.artifacts.model_package import Nodes
-from cad.artifacts.probe import LayerScore
+from cad.artifacts.probe import LayerScore, ProbeChoice
 from cad.artifacts.splits import SplitSize
 from cad.errors import CadError
 
@@ -38,13 +38,18 @@ class ChainSummary(BaseModel):
     weights_source: str
     fell_back_to_random: bool
     layer_scores: list[LayerScore]
+    probe: ProbeChoice  # the fine-tuning node's CV F1 with its chance levels
     nodes: Nodes
     trainable_params: int
     frozen_params: int
     best_epoch: int
     val_f1: float
     threshold: float
-    test: dict[str, Interval]
+    test: dict[str, Interval]  # slice level
+    test_chance: ChanceLevels
+    test_patient: dict[str, Interval]  # a patient is positive if any slice is
+    test_patient_chance: ChanceLevels
+    flags: list[str] = []
     model_dir: str  # relative to the workdir
     model_dir_abs: str
     artifacts: dict[str, str]  # stage -> artifact key

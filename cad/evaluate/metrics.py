@@ -192,3 +192,37 @@ def choose_threshold(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     f1 = 2.0 * tp / (2.0 * tp + fp + (pos.size - tp))
     best = np.flatnonzero(f1 >= f1.max() - 1e-12)
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def chance_levels(y_true: ArrayLike) -> dict[str, float]:
+    """What an uninformed rule scores on these labels: the yardstick for every metric.
+
+    ``f1_all_positive``: F1 of calling everything positive, 2p / (1 + p); ``f1_prevalence``:
+    expected F1 of guessing positive at random with probability p (precision = recall = p);
+    ROC AUC of any constant or random score is 0.5.
+    """
+    y = np.asarray(y_true).ravel()
+    p = float(np.mean(y)) if y.size else 0.0
+    return {
+        "prevalence": p,
+        "f1_all_positive": 2 * p / (1 + p) if p > 0 else 0.0,
+        "f1_prevalence": p,
+        "roc_auc": 0.5,
+    }
+
+
+def patient_level(
+    y_true: ArrayLike, y_prob: ArrayLike, groups: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per patient: label (positive if any slice is), score (the highest slice probability,
+    so the patient is called positive at a threshold exactly when one of its slices is) and
+    the patient key, in order of first appearance."""
+    y, p = _check_inputs(y_true, y_prob)
+    g = np.asarray(groups).ravel()
+    keys, first, index = np.unique(g, return_index=True, return_inverse=True)
+    labels = np.zeros(len(keys), dtype=int)
+    scores = np.full(len(keys), -np.inf)
+    np.maximum.at(labels, index, y.astype(int))
+    np.maximum.at(scores, index, p)
+    order = np.argsort(first, kind="stable")
+    return labels[order], scores[order], keys[order]

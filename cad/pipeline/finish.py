@@ -22,6 +22,7 @@ INGEST_FIELDS = ("items", "studies", "studies_skipped", "outcomes", "positives")
 
 def chain_summary(chain: ChainArtifacts, workdir: RunDir) -> ChainSummary:
     meta = chain.finetune.model_meta()
+    metrics = chain.evaluate.metrics()
     model_dir = chain.finetune.package
     return ChainSummary(
         backbone=chain.backbone,
@@ -29,13 +30,18 @@ def chain_summary(chain: ChainArtifacts, workdir: RunDir) -> ChainSummary:
         weights_source=meta.weights_source,
         fell_back_to_random=meta.fell_back_to_random,
         layer_scores=chain.probe.scores(),
+        probe=chain.probe.choice(),
         nodes=meta.nodes,
         trainable_params=meta.trainable_params,
         frozen_params=meta.frozen_params,
         best_epoch=meta.best_epoch,
         val_f1=meta.best_val_f1,
         threshold=meta.threshold,
-        test=chain.evaluate.metrics().metrics,
+        test=metrics.slice.metrics,
+        test_chance=metrics.slice.chance,
+        test_patient=metrics.patient.metrics,
+        test_patient_chance=metrics.patient.chance,
+        flags=metrics.flags,
         model_dir=str(model_dir.relative_to(workdir.root)),
         model_dir_abs=str(model_dir.resolve()),
         artifacts={

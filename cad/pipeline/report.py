@@ -51,21 +51,44 @@ def _data(summary: RunSummary) -> list[str]:
     return lines
 
 
+def _metric_table(summary: RunSummary, patient: bool) -> list[str]:
+    head = "| backbone | round | weights | fine-tuning node | connection node | threshold | "
+    lines = [head + " | ".join(METRICS) + " |", "|" + "---|" * (6 + len(METRICS))]
+    for c in summary.results:
+        metrics = c.test_patient if patient else c.test
+        chance = c.test_patient_chance if patient else c.test_chance
+        cells = [_fmt(metrics[m]) for m in METRICS]
+        cells[0] += f" (chance {chance.f1_all_positive:.2f} / {chance.f1_prevalence:.2f})"
+        lines.append(
+            f"| {c.backbone} | {c.round} | {c.weights_source} | {c.nodes.finetune} | "
+            f"{c.nodes.connection} | {c.threshold:.3f} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def _results(summary: RunSummary) -> list[str]:
     lines = [
         "",
         "## Test metrics (95% patient-bootstrap intervals)",
         "",
-        "| backbone | round | weights | fine-tuning node | connection node | "
-        + " | ".join(METRICS)
-        + " |",
-        "|" + "---|" * (5 + len(METRICS)),
+        "Chance levels of F1 on the same test labels are given as (all positive / random at "
+        "the prevalence): F1 of calling everything positive, 2p/(1+p), and of guessing "
+        "positive with probability p; ROC AUC's chance level is 0.5. The threshold was "
+        "chosen on the validation patients (F1-optimal) and is the operating point of every "
+        "threshold metric.",
+        "",
+        "**Slices**",
+        "",
+        *_metric_table(summary, patient=False),
+        "",
+        "**Patients** (a patient is positive if any of its slices is; its score is its "
+        "highest slice probability)",
+        "",
+        *_metric_table(summary, patient=True),
     ]
-    for c in summary.results:
-        lines.append(
-            f"| {c.backbone} | {c.round} | {c.weights_source} | {c.nodes.finetune} | "
-            f"{c.nodes.connection} | " + " | ".join(_fmt(c.test[m]) for m in METRICS) + " |"
-        )
+    flagged = [(c, flag) for c in summary.results for flag in c.flags]
+    if flagged:
+        lines += [""] + [f"> **Check:** {c.title}: {flag}." for c, flag in flagged]
     if summary.best is not None:
         b = summary.best
         lines += [
@@ -73,7 +96,22 @@ def _results(summary: RunSummary) -> list[str]:
             f"Best by validation F1: **{b.backbone} round {b.round}** "
             f"(model package: `{b.model_dir}`).",
         ]
-    lines += ["", "## Layer probe (SVM F1 by patient-grouped CV on the training split)", ""]
+    lines += [
+        "",
+        "## Layer probe (SVM F1 by patient-grouped CV on the training split)",
+        "",
+        "| backbone | round | fine-tuning node | its F1 | chance (all positive / random) | "
+        "margin over all-positive |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in summary.results:
+        p = c.probe
+        lines.append(
+            f"| {c.backbone} | {c.round} | {p.finetune} | {p.finetune_f1:.3f} | "
+            f"{p.chance_f1_all_positive:.3f} / {p.chance_f1_prevalence:.3f} | "
+            f"{p.finetune_f1 - p.chance_f1_all_positive:+.3f} |"
+        )
+    lines.append("")
     for c in summary.results:
         scores = ", ".join(f"{s.node} {s.f1_mean:.3f}" for s in c.layer_scores)
         lines.append(f"- {c.backbone} round {c.round}: {scores}")

@@ -163,3 +163,27 @@ def test_choose_threshold_maximises_f1():
     best = binary_metrics(y, p, choose_threshold(y, p))["f1"]
     for t in np.linspace(0.01, 0.99, 99):
         assert binary_metrics(y, p, t)["f1"] <= best + 1e-12
+
+
+def test_chance_levels_are_those_of_uninformed_rules():
+    from cad.evaluate.metrics import binary_metrics, chance_levels
+
+    y = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0])  # prevalence 0.2
+    chance = chance_levels(y)
+    all_positive = binary_metrics(y, np.ones(len(y)), 0.5)["f1"]
+    assert chance["prevalence"] == pytest.approx(0.2)
+    assert chance["f1_all_positive"] == pytest.approx(all_positive) == pytest.approx(2 * 0.2 / 1.2)
+    assert chance["f1_prevalence"] == pytest.approx(0.2) and chance["roc_auc"] == 0.5
+    assert chance_levels(np.zeros(4))["f1_all_positive"] == 0.0
+
+
+def test_patient_level_is_positive_if_any_slice_is_and_scores_the_highest_slice():
+    from cad.evaluate.metrics import patient_level
+
+    y = np.array([0, 1, 0, 0, 0, 1])
+    p = np.array([0.1, 0.9, 0.3, 0.2, 0.4, 0.6])
+    g = np.array(["b", "b", "a", "a", "c", "c"])
+    labels, scores, keys = patient_level(y, p, g)
+    assert keys.tolist() == ["b", "a", "c"]  # order of first appearance
+    assert labels.tolist() == [1, 0, 1]
+    assert scores.tolist() == [0.9, 0.3, 0.6]

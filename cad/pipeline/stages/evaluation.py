@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cad.artifacts.evaluation import Evaluation, EvaluationMetrics, Interval
+import numpy as np
+
+from cad.artifacts.evaluation import (
+    ChanceLevels,
+    Evaluation,
+    EvaluationMetrics,
+    Interval,
+    LevelResult,
+)
 from cad.artifacts.images import ImageSet
 from cad.artifacts.model_package import TrainedModel
 from cad.artifacts.splits import Splits
@@ -44,7 +52,7 @@ class EvaluateStage(Stage[EvaluateSettings]):
         splits: Splits,
     ) -> dict[str, Any]:
         from cad.device import select_runtime
-        from cad.evaluate.metrics import bootstrap_metrics
+        from cad.evaluate.metrics import patient_level
         from cad.evaluate.plots import plot_confusion, plot_pr, plot_roc
         from cad.finetune.package import load_package
         from cad.finetune.predict import predict_proba
@@ -58,13 +66,42 @@ class EvaluateStage(Stage[EvaluateSettings]):
         y = column(samples, "label").astype(int)
         groups = column(samples, "patient")
         threshold = loaded.threshold
-        metrics = bootstrap_metrics(y, prob, threshold, groups, cfg.bootstrap, cfg.ci, cfg.seed)
+        slices = _level(y, prob, threshold, groups, cfg)
+        patient_y, patient_p, patients = patient_level(y, prob, groups)
+        patient = _level(patient_y, patient_p, threshold, patients, cfg)
         result = EvaluationMetrics(
-            threshold=threshold, metrics={k: Interval(**v) for k, v in metrics.items()}
+            threshold=threshold, slice=slices, patient=patient, flags=_flags(slices, patient)
         )
         Evaluation.write(ctx.out, result, samples, prob)
         roc, pr, confusion = Evaluation.plot_paths(ctx.out)
         plot_roc(y, prob, roc, settings.title)
         plot_pr(y, prob, pr, settings.title)
         plot_confusion(y, (prob >= threshold).astype(int), confusion, settings.title)
-        return {"items": len(samples), "test_f1": metrics["f1"]["value"]}
+        return {"items": len(samples), "test_f1": slices.metrics["f1"].value}
+
+
+def _level(
+    y: np.ndarray, prob: np.ndarray, threshold: float, groups: np.ndarray, cfg: EvaluateConfig
+) -> LevelResult:
+    """Metrics with patient-bootstrap intervals (one group per patient) and chance levels."""
+    from cad.evaluate.metrics import bootstrap_metrics, chance_levels
+
+    metrics = bootstrap_metrics(y, prob, threshold, groups, cfg.bootstrap, cfg.ci, cfg.seed)
+    return LevelResult(
+        samples=len(y),
+        positives=int(np.sum(y)),
+        chance=ChanceLevels(**chance_levels(y)),
+        metrics={k: Interval(**v) for k, v in metrics.items()},
+    )
+
+
+def _flags(slices: LevelResult, patients: LevelResult) -> list[str]:
+    """Operating points a reader must not miss: below 0.5 the model misses most lesions
+    (sensitivity) or calls most healthy tissue a lesion (specificity)."""
+    out = []
+    for level, result in (("slice", slices), ("patient", patients)):
+        for name in ("sensitivity", "specificity"):
+            value = result.metrics[name].value
+            if np.isfinite(value) and value < 0.5:
+                out.append(f"{level} {name} {value:.2f} is below 0.5")
+    return out
