@@ -48,6 +48,12 @@ _REQUEST_ERRORS = {
     "BAD_REQUEST",
     "INVALID_STATE",
 }
+_AUTH_ERRORS = {  # the team server's basic auth (never echo the credentials themselves)
+    "UNAUTHENTICATED": "the tracking server refused the credentials (HTTP 401): set "
+    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment",
+    "PERMISSION_DENIED": "the tracking server denied this user access (HTTP 403): ask its "
+    "admin for EDIT permission on the experiment",
+}
 _TRUNCATED = "...[truncated]"
 _FAILED: Any = object()  # sentinel: the guarded call failed or was skipped
 
@@ -99,6 +105,8 @@ def _describe(exc: BaseException) -> tuple[str, bool]:
     transport = _transport_error(exc)
     if transport is not None:
         return f"{transport} ({type(exc).__name__})", True
+    if isinstance(exc, MlflowException) and exc.error_code in _AUTH_ERRORS:
+        return _AUTH_ERRORS[exc.error_code], True
     if isinstance(exc, MlflowException):
         return f"{type(exc).__name__} {exc.error_code}", exc.error_code not in _REQUEST_ERRORS
     return type(exc).__name__, False

@@ -262,6 +262,18 @@ class TrackingConfig(Section):
     retries: int = Field(2, ge=0, le=20)
     timeout_s: float = Field(10.0, gt=0, le=600)
 
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value and (urlsplit(value).password or urlsplit(value).username):
+            raise ValueError(
+                "credentials do not belong in a config file: remove user:password@ from "
+                "tracking.uri and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            )
+        return value
+
 
 class PipelineConfig(Section):
     name: str = Field("breast_mri", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
