@@ -8,16 +8,18 @@ report and MLflow (:mod:`cad.pipeline.finish`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from cad.artifacts.summary import RunDir
 from cad.config import PipelineConfig, dump_config
-from cad.errors import ConfigError, WeightsError, did_you_mean
+from cad.errors import ConfigError, WeightsError, did_you_mean, look_up_option
 from cad.phi import Pseudonymizer, load_secret
+from cad.pipeline.executors import EXECUTORS, RayOptions, run_graph
 from cad.pipeline.finish import finish_run
-from cad.pipeline.graph import STAGE_NAMES, ChainId, build_graph
+from cad.pipeline.graph import STAGE_NAMES, ChainId, Graph, build_graph
 from cad.pipeline.result import RunResult, collect
 from cad.pipeline.runner import Runner
 from cad.scoring.api import score_folder
@@ -48,18 +50,29 @@ def check_force(force: Sequence[str]) -> list[str]:
     return list(force)
 
 
+def pipeline_graph(cfg: PipelineConfig, fingerprint: str, only: Sequence[ChainId] = ()) -> Graph:
+    """The graph of ``cfg`` (restricted to ``only``): picklable as a factory for executors."""
+    graph = build_graph(cfg, fingerprint)
+    return graph.only(list(only)) if only else graph
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     workdir: str | Path = "runs/breast_mri",
     force: Sequence[str] = (),
     track: bool = True,
     only: Sequence[ChainId] = (),
+    executor: str = "local",
+    address: str | None = None,
 ) -> RunResult:
     """Run (or resume) the pipeline in ``workdir``; returns its artifacts and summary.
 
     ``only`` restricts the run to some backbone chains (and what they read); the summary,
-    report and MLflow logging then cover those chains.
+    report and MLflow logging then cover those chains. ``executor="ray"`` runs each
+    backbone's chain as a Ray task (``address``: an existing cluster; default: a local
+    instance); the workdir must then be a path every Ray node shares.
     """
+    look_up_option(executor, EXECUTORS, "--executor")
     run_dir = RunDir(workdir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -68,11 +81,12 @@ def run_pipeline(
     run_dir.file(RunDir.CONFIG).write_text(dump_config(cfg))
     secret = load_secret(run_dir.root)
     fingerprint = Pseudonymizer(secret).key("secret", "fingerprint")
-    graph = build_graph(cfg, fingerprint)
-    if only:
-        graph = graph.only(list(only))
+    factory = functools.partial(pipeline_graph, cfg, fingerprint, tuple(only))
+    graph = factory()
     runner = Runner(run_dir, secret, force)
-    results = runner.run(graph)
+    knobs = cfg.executor.runtime
+    ray = RayOptions(address, knobs.cpus_per_chain, knobs.gpus_per_chain, knobs.max_retries)
+    results = run_graph(graph, runner, executor, factory, ray)
     data, chains = collect(graph, results)
     result = RunResult(run_dir, cfg, graph, data, chains, runner.records)
     result.summary = finish_run(result, started, track=track)

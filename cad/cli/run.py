@@ -46,6 +46,17 @@ def run(
             "the data stages it reads are reused or computed."
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local, or ray: each backbone chain as a Ray task (pip install 'cad[ray]'); "
+            "the workdir must be shared by every Ray node."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (ray://host:port or host:port); default: local."),
+    ] = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="Skip MLflow logging.")] = False,
 ) -> None:
     """Run the pipeline: data -> per-layer probe -> fine-tune -> evaluate -> report + MLflow.
@@ -64,7 +75,15 @@ def run(
     tune_process()
     from cad.api import run_pipeline
 
-    result = run_pipeline(cfg, workdir, force=force_list, track=not no_track, only=chains)
+    result = run_pipeline(
+        cfg,
+        workdir,
+        force=force_list,
+        track=not no_track,
+        only=chains,
+        executor=executor,
+        address=address,
+    )
     summary = result.summary
     assert summary is not None
     table = Table(title=f"cad run: {cfg.name}")

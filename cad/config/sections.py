@@ -252,6 +252,20 @@ class EvaluateConfig(Section):
     runtime: EvaluateRuntime = EvaluateRuntime()
 
 
+class ExecutorRuntime(Runtime):
+    """Resources of one backbone chain when chains run as Ray tasks (``--executor ray``)."""
+
+    cpus_per_chain: float = Field(1.0, gt=0, le=1024)
+    gpus_per_chain: float = Field(0.0, ge=0, le=64)
+    max_retries: int = Field(2, ge=0, le=20, description="retries of a chain whose worker died")
+
+
+class ExecutorConfig(Section):
+    """Where chains run never changes what they produce: runtime settings only."""
+
+    runtime: ExecutorRuntime = ExecutorRuntime()
+
+
 class TrackingConfig(Section):
     """Where a run is logged. Never part of a result: tracking changes no artifact."""
 
@@ -290,6 +304,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     transfer: TransferConfig = TransferConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("backbones")

@@ -26,14 +26,22 @@ log = logging.getLogger("cad.pipeline")
 class Runner:
     """Executes nodes in order against the workdir's artifact store."""
 
-    def __init__(self, workdir: RunDir, secret: bytes, force: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        workdir: RunDir,
+        secret: bytes,
+        force: Iterable[str] = (),
+        redone: Iterable[str] = (),
+    ) -> None:
         self.workdir = workdir
         self.store = ArtifactStore(workdir.artifacts)
         self.secret = secret
         self.force = set(force)
         self.records: list[StageRecord] = []
         self.results: dict[Node, Artifact] = {}
-        self._redone: set[str] = set()  # keys recomputed by --force in this invocation
+        # keys recomputed by --force in this invocation (given by a driver to its workers,
+        # so that what follows a forced stage is redone wherever it runs)
+        self.redone: set[str] = set(redone)
 
     def key(self, node: Node) -> str:
         inputs = {name: self.results[parent].key for name, parent in node.inputs.items()}
@@ -52,9 +60,9 @@ class Runner:
         stage, output = node.stage, node.stage.output
         inputs = {name: self.run_node(parent) for name, parent in node.inputs.items()}
         key = self.key(node)
-        redo = stage.name in self.force or any(a.key in self._redone for a in inputs.values())
+        redo = stage.name in self.force or any(a.key in self.redone for a in inputs.values())
         if redo:
-            self._redone.add(key)
+            self.redone.add(key)
         else:
             found = self.store.lookup(stage.name, key)
             if found is not None:

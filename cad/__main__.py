@@ -1,0 +1,5 @@
+"""``python -m cad``: the same as the ``cad`` command (what ``torchrun -m cad`` launches)."""
+
+from cad.cli import app
+
+app()
