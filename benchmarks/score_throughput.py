@@ -86,14 +86,11 @@ def make_package(directory: Path, size: int, backbone: str) -> Path:
 
 def preprocessed(root: Path, spec: InputConfig) -> np.ndarray:
     """Every slice of every study below ``root``, preprocessed as scoring does."""
-    from cad.data.dicom import index_folder
     from cad.data.preprocess import study_slices
-    from cad.data.studies import group_studies, load_study
+    from cad.io.index import index_folder
+    from cad.io.reader import read_records
 
-    arrays = [
-        study_slices(load_study(group, decode_pixels=False), spec)
-        for group in group_studies(index_folder(root, workers=2))
-    ]
+    arrays = [study_slices(s, spec) for s in read_records(index_folder(root, workers=2)).studies]
     return np.concatenate(arrays)
 
 

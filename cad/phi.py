@@ -41,7 +41,9 @@ class Pseudonymizer:
         self.secret = secret
 
     def key(self, kind: str, value: str, length: int = 12) -> str:
-        digest = hmac.new(self.secret, f"{kind}\x00{value}".encode(), hashlib.sha256)
+        # surrogateescape: a file name that is not valid UTF-8 keys by its raw bytes
+        message = f"{kind}\x00{value}".encode("utf-8", "surrogateescape")
+        digest = hmac.new(self.secret, message, hashlib.sha256)
         return f"{kind}-{digest.hexdigest()[:length]}"
 
     def patient(self, patient_id: str) -> str:
@@ -61,4 +63,8 @@ class Pseudonymizer:
         return self.key("slc", f"{study_uid}/{index}")
 
     def file(self, path: str | Path) -> str:
-        return self.key("file", str(Path(path).resolve()))
+        try:
+            absolute = str(Path(path).resolve())
+        except (OSError, RuntimeError):  # a symbolic link loop: key the path as given
+            absolute = os.path.abspath(path)
+        return self.key("file", absolute)

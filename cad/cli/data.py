@@ -24,7 +24,7 @@ def data_check(
     workers: Annotated[int, typer.Option(help="Header-reading worker processes.")] = 2,
 ) -> None:
     """Give every file one typed outcome; exit 0 when all are usable, 1 when some are not."""
-    from cad.data.check import check_folder
+    from cad.io.check import check_folder
     from cad.log import progress
     from cad.phi import Pseudonymizer, load_secret
 

@@ -1,8 +1,9 @@
 """Ingest: manifest rows -> decoded, preprocessed slices cached once as ``images.npy``.
 
-Each study folder is read in a worker process (decode is CPU-bound), every file gets one
-typed outcome, and a study that cannot be used is reported and skipped, never fatal. Only
-keyed pseudonyms leave this module.
+Each study folder is read by the study reader (``cad.io.reader``) in a worker process of
+the shared pool (decode is CPU-bound), every file gets one typed outcome, and a study that
+cannot be used is reported and skipped, never fatal. Only keyed pseudonyms leave this
+module.
 """
 
 from __future__ import annotations
@@ -11,26 +12,28 @@ import csv
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cad.config import InputConfig
-from cad.data.dicom import Outcome, index_folder
 from cad.data.manifest import ManifestRow
 from cad.data.preprocess import series_slices, study_slices
 from cad.data.samples import Sample, write_samples
-from cad.data.studies import group_studies, load_study
 from cad.errors import DataError
+from cad.io.files import walk
+from cad.io.outcome import Outcome
+from cad.io.pool import WorkerPool
+from cad.io.reader import Decode, read_folder
 from cad.phi import Pseudonymizer
 
 log = logging.getLogger("cad.data")
+_PRELOAD = ("cad.data.ingest",)  # what ingest workers import once, in the fork server
 
 
 @dataclass
-class StudyResult:
+class FolderResult:
     """What one manifest folder produced: slices, their samples, and per-file outcomes."""
 
     images: np.ndarray | None = None
@@ -41,19 +44,17 @@ class StudyResult:
 
 def ingest_folder(
     folder: Path, rows: list[ManifestRow], spec: InputConfig, secret: bytes
-) -> StudyResult:
+) -> FolderResult:
     """Decode one study (or series) folder and cut out the slices its manifest rows name."""
     pseudo = Pseudonymizer(secret)
-    result = StudyResult()
-    records = index_folder(folder)
-    studies = []
-    for group in group_studies(records):
-        studies.append(load_study(group))
+    result = FolderResult()
+    read = read_folder(folder, Decode.EAGER)
+    records, studies = read.records, read.studies
     result.outcomes = [(pseudo.file(r.path), str(r.outcome), r.reason) for r in records]
     kind = rows[0].series
     usable = [s for s in studies if (s.phases if kind == "dce" else s.series)]
     if not usable:
-        reasons = sorted({r.reason for r in records if r.outcome != Outcome.OK} - {""})
+        reasons = sorted({r.reason for r in records if r.outcome.failed} - {""})
         result.error = (
             "no usable "
             + ("DCE study" if kind == "dce" else "series")
@@ -104,17 +105,22 @@ def group_rows(rows: list[ManifestRow]) -> dict[tuple[str, str], list[ManifestRo
 
 def iter_ingest(
     root: Path, rows: list[ManifestRow], spec: InputConfig, secret: bytes, workers: int
-) -> Iterator[StudyResult]:
+) -> Iterator[FolderResult]:
     groups = list(group_rows(rows).items())
-    args = [(root / path, grouped, spec, secret) for (path, _), grouped in groups]
-    if workers <= 1:
-        for arg in args:
-            yield ingest_folder(*arg)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(ingest_folder, *arg) for arg in args]
-        for future in futures:
-            yield future.result()
+    args = ((root / path, grouped, spec, secret) for (path, _), grouped in groups)
+    with WorkerPool(workers if workers > 1 else 0, preload=_PRELOAD) as pool:
+        yield from pool.imap(ingest_folder, args, on_crash=_folder_crash)
+
+
+def _folder_crash(
+    folder: Path, rows: list[ManifestRow], spec: InputConfig, secret: bytes
+) -> FolderResult:
+    """A worker died on this folder: its files are processing errors, the rest goes on."""
+    pseudo = Pseudonymizer(secret)
+    reason = "the worker process died on this folder (decoder crash or out of memory)"
+    files = walk(folder) if folder.is_dir() else []
+    outcome = Outcome.PROCESSING_ERROR.value
+    return FolderResult(outcomes=[(pseudo.file(p), outcome, reason) for p in files], error=reason)
 
 
 def run_ingest(

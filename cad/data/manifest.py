@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from cad.data.dicom import FileRecord, index_folder
-from cad.data.studies import Study, group_studies, load_study
 from cad.errors import DataError, did_you_mean
+from cad.io.header import FileRecord
+from cad.io.index import index_folder
+from cad.io.reader import read_folder, read_records
+from cad.io.study import Study
 from cad.phi import Pseudonymizer, load_secret
 
 log = logging.getLogger(__name__)
@@ -185,9 +187,10 @@ class _Archive:
 
     @classmethod
     def index(cls, root: Path, workers: int) -> _Archive:
-        archive = cls(Path(root), records=index_folder(root, workers=workers))
-        for group in group_studies(archive.records):
-            archive.by_patient[group.patient_id].append(load_study(group, decode_pixels=False))
+        read = read_records(index_folder(root, workers=workers))
+        archive = cls(Path(root), records=read.records)
+        for study in read.studies:
+            archive.by_patient[study.patient_id].append(study)
         return archive
 
     def relative(self, folder: Path) -> str:
@@ -329,8 +332,7 @@ def build_from_series_labels(
         if not folder.is_dir():
             out.skipped.append(Skipped(who, "series folder not found", line))
             continue
-        groups = group_studies(index_folder(folder))
-        units = [u for g in groups for u in load_study(g, decode_pixels=False).series]
+        units = [u for study in read_folder(folder).studies for u in study.series]
         if len(units) != 1:
             reason = "folder does not hold exactly one usable volume"
             out.skipped.append(Skipped(who, reason, line))

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +48,7 @@ from scipy import ndimage
 from cad.artifacts.archive import PhantomArchive
 from cad.data.phantom_anatomy import MAX_STORED, SimulatedPatient, lesion_flags, simulate_patient
 from cad.errors import CadError, DataError
+from cad.io.pool import WorkerPool
 
 BOX_HEADER = tuple(
     "Patient ID,Start Row,End Row,Start Column,End Column,Start Slice,End Slice".split(",")
@@ -291,10 +290,8 @@ def _patient_results(tasks: list[tuple], workers: int) -> Iterator[tuple[int, tu
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_write_patient, tasks)
         return
-    methods = multiprocessing.get_all_start_methods()  # never fork a process running torch
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-        yield from pool.map(_write_patient, tasks)
+    with WorkerPool(min(workers, len(tasks)), preload=("cad.data.phantom",)) as pool:
+        yield from pool.imap(_write_patient, ((task,) for task in tasks))
 
 
 def generate_phantom(

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from cad.config import InputConfig
-from cad.data.studies import Series, Study
 from cad.errors import DataError
+from cad.io.series import Series
+from cad.io.study import Study
 
 
 def parse_phase(expression: str) -> list[tuple[str, float]]:

@@ -1,8 +1,9 @@
 """``score_folder``: score every DICOM study below a folder with a model package.
 
-Flow: resolve and verify the model -> grouping pass over the folder (worker processes)
--> studies sorted by pseudonymous (patient, study) key -> each study decoded and
-preprocessed in a worker exactly as training ingest does -> slices batched across studies
+Flow: resolve and verify the model -> header pass over the folder (worker processes, one
+parse per file) -> studies sorted by pseudonymous (patient, study) key -> each study
+assembled from its records, decoded and preprocessed in a worker exactly as training
+ingest does -> slices batched across studies
 -> rows written as each patient finishes. Memory holds a small per-file index, the
 studies in flight and one batch, whatever the folder size.
 
@@ -23,9 +24,12 @@ from cad.artifacts.model_package import SUMS
 from cad.device import describe, select_runtime
 from cad.errors import CadError, ModelPackageError, look_up_option
 from cad.finetune.package import load_package
+from cad.io.files import walk
+from cad.io.index import index_paths
+from cad.io.pool import WorkerPool
 from cad.phi import Pseudonymizer, load_secret
 from cad.scoring.run import Run
-from cad.scoring.stream import WorkerPool, index_folder_stream, walk
+from cad.scoring.stream import PRELOAD, init_worker
 from cad.scoring.summary import ScoreSummary, progress_or_nothing
 from cad.scoring.writers import sidecar_path
 
@@ -118,7 +122,7 @@ def score_folder(
     cam_dir = Path(cam_dir) if cam_dir is not None else None
     _check_paths(dicom_dir, out, errors, key_map, cam_dir)
 
-    with WorkerPool(workers) as pool:
+    with WorkerPool(workers, initializer=init_worker, preload=PRELOAD) as pool:
         pool.start()  # workers boot while the model loads
         with tempfile.TemporaryDirectory(prefix="cad-model-") as tmp:
             package = resolve_model(model, tracking_uri, Path(tmp))
@@ -140,7 +144,7 @@ def score_folder(
         if not paths:
             raise CadError("DICOM_DIR holds no files; pass the root folder of the DICOM export")
         with progress_or_nothing(progress, "index", len(paths), "files") as advance:
-            index = index_folder_stream(paths, secret, pool, key_map is not None, advance)
+            index = index_paths(paths, pool, secret, key_map is not None, advance)
         del paths
         fingerprint = {
             "model": pseudo.key("model", model_digest, 32),

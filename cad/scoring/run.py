@@ -16,9 +16,11 @@ from cad.device import Runtime
 from cad.errors import CadError
 from cad.finetune.model import TransferModel
 from cad.finetune.package import LoadedModel
+from cad.io.index import FolderIndex, StudyTask
+from cad.io.pool import WorkerPool
 from cad.scoring.cam import CamWriter
 from cad.scoring.infer import Aggregate, Batcher, Scored, slice_rows
-from cad.scoring.stream import FolderIndex, StudyTask, WorkerPool, iter_studies
+from cad.scoring.stream import iter_studies
 from cad.scoring.summary import ScoreSummary, progress_or_nothing, summary_from_counts
 from cad.scoring.writers import Outputs, State
 
@@ -102,6 +104,7 @@ class Run:
                     ],
                 )
             self._count_errors(index.errors)
+            self.counts["skipped"] += index.side_files  # cad's own files next to the data
             outputs.commit(State(0, "", self.counts, header_done=True))
         patients = _patients(index.studies)
         done = outputs.state.patients_done

@@ -9,10 +9,10 @@ import pytest
 from dicom_factory import write_dce_study
 
 from cad.config import InputConfig
-from cad.data.dicom import index_folder
 from cad.data.preprocess import parse_phase, series_slices, study_slices
-from cad.data.studies import Study, group_studies, load_study
 from cad.errors import DataError
+from cad.io.index import index_folder
+from cad.io.study import Study, group_studies, load_study
 
 RNG = np.random.default_rng(2)
 SLICES, HEIGHT, WIDTH = 5, 16, 16

@@ -6,8 +6,8 @@ import pytest
 from score_crash_task import crash_on_two
 
 from cad.errors import ModelPackageError
+from cad.io.pool import WorkerPool
 from cad.scoring.api import score_folder
-from cad.scoring.stream import WorkerPool
 
 
 def test_runs_uri_resolves_to_the_same_scores(export, package, baseline, tmp_path):

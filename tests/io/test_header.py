@@ -22,14 +22,8 @@ from dicom_factory import (
 )
 from pydicom.pixels import get_encoder
 
-from cad.data.dicom import (
-    CodecError,
-    CorruptError,
-    Outcome,
-    decode,
-    index_folder,
-    read_header,
-)
+from cad.io import CodecError, CorruptError, Outcome, decode, read_header
+from cad.io.index import index_folder
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 4096, (32, 40), dtype=np.uint16)  # 12-bit stored values
@@ -204,7 +198,7 @@ def test_decode_errors_are_typed(tmp_path: Path) -> None:
 
 
 def test_index_folder_workers_and_progress(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("cad.data.dicom.PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr("cad.io.index.PARALLEL_MIN_FILES", 2)
     for i in range(140):
         save(mr_slice(IMAGE[:8, :8], position=(0, 0, float(i))), tmp_path / f"s/{i:03d}.dcm")
     (tmp_path / "notes.txt").write_text("x")

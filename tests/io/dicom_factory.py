@@ -1,7 +1,8 @@
 """Small DICOM files written at test time with pydicom (no DICOM is kept in git).
 
 Everything here is synthetic: names and IDs are made up, sizes are tiny. Import it from
-tests as ``from dicom_factory import ...`` (pytest puts ``tests/data`` on ``sys.path``).
+tests as ``from dicom_factory import ...`` (pytest puts ``tests/io`` on ``sys.path``; the
+conftest of ``tests/data`` adds it there too).
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ from dicom_factory import (
 )
 from pydicom.uid import generate_uid
 
-from cad.data.dicom import Outcome, index_folder
-from cad.data.studies import Study, description_rank, group_studies, load_study
+from cad.io.index import index_folder
+from cad.io.outcome import Outcome
+from cad.io.phases import description_rank
+from cad.io.study import Study, group_studies, load_study
 
 RNG = np.random.default_rng(1)
 
