@@ -49,7 +49,7 @@ def run(
     executor: Annotated[
         str,
         typer.Option(
-            help="local, or ray: each backbone chain as a Ray task (pip install 'cad[ray]'); "
+            help="local, or ray: each backbone chain as a Ray task (pip install 'cad\\[ray]'); "
             "the workdir must be shared by every Ray node."
         ),
     ] = "local",
