@@ -3,7 +3,7 @@
 HMAC-SHA256 with a local secret, so keys are stable across runs on one site but cannot be
 reversed or recomputed by anyone without the secret. The secret comes from the
 ``CAD_SECRET`` environment variable, else from ``.cad_secret`` in the working directory
-(created with mode 0600 on first use).
+(created with mode 0600 on first use; an empty, short or shared secret is refused).
 """
 
 from __future__ import annotations
@@ -12,26 +12,78 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
+import tempfile
 from pathlib import Path
+
+from cad.errors import CadError
 
 SECRET_ENV = "CAD_SECRET"
 SECRET_FILE = ".cad_secret"
 
 
+MIN_SECRET_CHARS = 32  # 128 bits as hex: pseudonyms must not be recomputable by guessing
+NEW_SECRET_HINT = 'python -c "import secrets; print(secrets.token_hex(32))"'
+
+
+class SecretError(CadError):
+    """The pseudonymisation secret is missing, too weak or readable by others."""
+
+
 def load_secret(workdir: str | Path | None = None) -> bytes:
-    """Return the pseudonymisation secret, creating ``workdir/.cad_secret`` if needed."""
+    """Return the pseudonymisation secret, creating ``workdir/.cad_secret`` if needed.
+
+    A weak secret makes pseudonyms reversible by anyone who knows the patient IDs, so an
+    empty, short or group/world-readable secret is refused, never used silently."""
     env = os.environ.get(SECRET_ENV)
-    if env:
-        return env.encode()
+    if env is not None:
+        if len(env.strip()) < MIN_SECRET_CHARS:
+            raise SecretError(
+                f"{SECRET_ENV} is shorter than {MIN_SECRET_CHARS} characters; set it to a "
+                f"random value, e.g. the output of {NEW_SECRET_HINT}, or unset it to use "
+                f"the workdir's {SECRET_FILE}"
+            )
+        return env.strip().encode()
     path = Path(workdir or ".") / SECRET_FILE
     if path.exists():
-        return path.read_text().strip().encode()
+        return _read_secret_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
+    _create_secret_file(path)
+    return _read_secret_file(path)
+
+
+def _read_secret_file(path: Path) -> bytes:
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretError(
+            f"{path} is readable by other users; restrict it with `chmod 600 {path}` "
+            "(anyone who can read it can recompute the pseudonyms)"
+        )
+    value = path.read_text(errors="replace").strip()
+    if len(value) < MIN_SECRET_CHARS:
+        raise SecretError(
+            f"{path} holds no usable secret ({len(value)} characters, at least "
+            f"{MIN_SECRET_CHARS} needed). Restore it from your backup to keep the existing "
+            "pseudonyms, or delete it to create a new one (every pseudonym then changes)"
+        )
     return value.encode()
+
+
+def _create_secret_file(path: Path) -> None:
+    """Write the secret to a private temporary file and link it into place, so a failed
+    write (a full disk) never leaves an empty ``.cad_secret`` behind, and two processes
+    creating it at once agree on one value."""
+    fd, tmp = tempfile.mkstemp(prefix=".cad_secret-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process created it first: use theirs
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 class Pseudonymizer:

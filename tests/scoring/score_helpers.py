@@ -10,7 +10,7 @@ from cad.backbones import create_backbone, get_spec
 from cad.config import InputConfig
 from cad.finetune.model import TransferModel, build_transfer_model
 
-SECRET = "scoring-test-secret"
+SECRET = "scoring-test-secret-" + "0" * 32
 SIZE = 48
 SLICES = 10
 PATIENTS = 4  # the last one loses its post-contrast series: missing-phase
