@@ -45,6 +45,8 @@ def machine_info() -> dict[str, Any]:
     import torch
     import torchvision
 
+    from cad.cpu import cpu_info
+
     flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -59,6 +61,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": "amx_tile" in flags,
+        "cpu": cpu_info().as_dict(),  # what torch dispatches to: the CPU class of every figure
         "gpu": torch.cuda.is_available(),
         "python": platform.python_version(),
         "torch": torch.__version__,

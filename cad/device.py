@@ -52,8 +52,9 @@ class Runtime:
 
 
 def cpu_supports_bf16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    from cad.cpu import cpu_info
+
+    return cpu_info().bf16
 
 
 def select_runtime(precision: str = "auto", channels_last: bool = True) -> Runtime:

@@ -1,0 +1,76 @@
+"""What this machine's CPU can do, detected once: ISA level, bf16, AMX, VNNI, cores.
+
+Benchmarks, ``cad doctor`` and the precision choice read the same record, so a figure
+always names the CPU class it came from. The ISA level is PyTorch's own dispatch level
+(``torch.backends.cpu.get_cpu_capability``, which honours ``ATEN_CPU_CAPABILITY``); the
+feature flags come from ``/proc/cpuinfo`` because PyTorch exposes no VNNI query.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    cores: int  # usable by this process (affinity), not the machine's total
+    isa: str  # the ATen dispatch level: DEFAULT, AVX2, AVX512 (or an ARM level)
+    bf16: bool  # native bf16 matmul (AVX-512 BF16 or AMX)
+    amx: bool
+    vnni: bool  # int8 dot products (AVX-512 VNNI or AVX-VNNI)
+    flags: tuple[str, ...]  # those of FLAGS_OF_INTEREST the CPU reports
+
+    @property
+    def cpu_class(self) -> str:
+        """A short label for figures: ``avx512-bf16``, ``avx512``, ``avx2``, ..."""
+        if self.amx:
+            return "amx"
+        level = self.isa.lower()
+        return f"{level}-bf16" if self.bf16 else level
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "flags": list(self.flags), "cpu_class": self.cpu_class}
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux: the ISA level still comes from torch
+        pass
+    return model or platform.processor() or "unknown", flags
+
+
+@functools.cache
+def cpu_info() -> CpuInfo:
+    model, flags = _cpuinfo()
+    isa = torch.backends.cpu.get_cpu_capability()
+    wide = isa.startswith("AVX512")  # ATEN_CPU_CAPABILITY=avx2 emulates an AVX2-only machine
+    amx = wide and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    bf16 = amx or (wide and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()))
+    vnni = (wide and "avx512_vnni" in flags) or "avx_vnni" in flags
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return CpuInfo(
+        model=model,
+        cores=cores or 1,
+        isa=isa,
+        bf16=bf16,
+        amx=amx,
+        vnni=vnni,
+        flags=tuple(f for f in FLAGS_OF_INTEREST if f in flags),
+    )
