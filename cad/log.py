@@ -23,8 +23,24 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 console = Console(stderr=True)
+
+
+def print_table(table: Table) -> None:
+    """Print a result table whole: to a file or pipe (no terminal width to respect) it is
+    printed at its natural width, so names and nodes stay copyable, never ``incepti…``."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+    narrow = console.width
+    console.width = max(narrow, natural)  # Console.print(width=) cannot exceed this
+    try:
+        console.print(table)
+    finally:
+        console.width = narrow
 
 
 def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:

@@ -159,3 +159,25 @@ def _check_list():
     assert {"vgg16", "inception_v3", "resnet50", "lenet5", "hybridsn", "googlenet"} <= set(rows)
     assert rows["resnet50"]["pretrained"] and not rows["lenet5"]["pretrained"]
     assert rows["resnet50"]["nodes"] == 5 and rows["resnet50"]["gflops"] > 3
+
+
+def test_tables_sent_to_a_pipe_keep_names_whole():
+    """A narrow COLUMNS (as in CI logs or `| tee`) must not cut node names to `Mixed_…`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cad.backbones.registry import get_spec
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "cad.cli", "backbones", "inspect", "inception_v3"],
+        env={**os.environ, "COLUMNS": "40", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = out.stdout + out.stderr
+    assert "…" not in text
+    assert all(node in text for node in get_spec("inception_v3").nodes)

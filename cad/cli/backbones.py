@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cad.cli.app import backbones_app, handle_errors
-from cad.log import console
+from cad.log import print_table
 
 
 @backbones_app.command("list")
@@ -47,7 +47,7 @@ def backbones_list(
             "yes" if r.get("cached") else "no",
             str(r["nodes"]),
         )
-    console.print(table)
+    print_table(table)
 
 
 @backbones_app.command("inspect")
@@ -73,4 +73,4 @@ def backbones_inspect(
         for s in shape:
             dim *= s
         table.add_row(str(i), node, str(depth), " x ".join(map(str, shape)), str(dim))
-    console.print(table)
+    print_table(table)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cad.cli.app import EXIT_OK, EXIT_PARTIAL, data_app, handle_errors
 from cad.errors import CadError
-from cad.log import console
+from cad.log import console, print_table
 
 
 @data_app.command("check")
@@ -43,7 +43,7 @@ def data_check(
     table.add_column("files", justify="right")
     for outcome, count in sorted(result.summary().items()):
         table.add_row(str(outcome), str(count))
-    console.print(table)
+    print_table(table)
     if report is not None:
         result.write_report(report, Pseudonymizer(load_secret()))
         console.print(f"report: {report}")

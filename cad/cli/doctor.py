@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cad.cli.app import app, handle_errors
-from cad.log import console
+from cad.log import print_table
 
 
 def machine_report() -> dict[str, Any]:
@@ -53,4 +53,4 @@ def doctor(
         table.add_row(f"cpu.{key}", str(cpu[key]))
     for key, value in report.items():
         table.add_row(key, str(value))
-    console.print(table)
+    print_table(table)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cad.cli.app import app, handle_errors, tune_process
-from cad.log import console, setup_logging
+from cad.log import console, print_table, setup_logging
 from cad.pipeline.graph import STAGE_NAMES
 
 
@@ -101,7 +101,7 @@ def run(
             f"{r.test['f1'].value:.3f}",
             f"{r.test['roc_auc'].value:.3f}",
         )
-    console.print(table)
+    print_table(table)
     tracking = summary.tracking
     if tracking is not None and not tracking.ok:
         console.print(

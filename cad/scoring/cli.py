@@ -82,7 +82,7 @@ def score_command(
     """
     from rich.table import Table
 
-    from cad.log import console
+    from cad.log import console, print_table
     from cad.scoring.api import score_folder
 
     summary = score_folder(
@@ -113,7 +113,7 @@ def score_command(
         rows.append(("heat maps", summary.cams))
     for name, value in rows:
         table.add_row(name, str(value))
-    console.print(table)
+    print_table(table)
     console.print(
         f"predictions: {summary.predictions}\nerrors: {summary.errors_csv}"
         + (f"\nkey map (PHI, keep private): {summary.key_map}" if key_map else "")
