@@ -348,6 +348,17 @@ def build_from_series_labels(
 
 
 def _log(out: BuiltManifest, source: str) -> None:
+    """Log what was built; refuse a manifest nothing can be trained on (no rows, or one
+    class only), naming why the rows were skipped."""
+    skipped = "; ".join(f"{n} skipped: {why}" for why, n in out.skipped_summary().items())
+    labels = {r.label for r in out}
+    if labels != {0, 1}:
+        what = "no rows" if not labels else f"only label {labels.pop()} rows"
+        raise DataError(
+            f"the manifest from {source} has {what} ({skipped or 'nothing was skipped'}); "
+            "check that the labels file's patient IDs match the archive's PatientID and "
+            "that its slice numbers lie inside the volumes"
+        )
     patients = len({r.patient_id for r in out})
     log.info("manifest from %s: %d rows, %d patients", source, len(out), patients)
     for reason, count in out.skipped_summary().items():

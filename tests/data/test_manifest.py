@@ -155,10 +155,19 @@ def test_box_numbering_by_instance(duke: Path, tmp_path: Path) -> None:
     assert positives == [SLICES - 2, SLICES - 1]
 
 
-def test_box_beyond_the_volume_is_skipped(duke: Path, tmp_path: Path) -> None:
+def test_box_beyond_the_volume_fails_loudly_with_the_reason(duke: Path, tmp_path: Path) -> None:
     boxes = _boxes(tmp_path, [f"Breast_MRI_001,1,2,3,4,{SLICES},{SLICES + 1}"])
-    rows = build_from_boxes(duke, boxes, pseudonymizer=PSEUDO)
-    assert len(rows) == 0 and "beyond the DCE volume" in rows.skipped[0].reason
+    with pytest.raises(
+        DataError, match="has no rows .*1 skipped: box slices beyond the DCE volume"
+    ):
+        build_from_boxes(duke, boxes, pseudonymizer=PSEUDO)
+
+
+def test_boxes_matching_no_archive_patient_fail_loudly(duke: Path, tmp_path: Path) -> None:
+    boxes = _boxes(tmp_path, ["Someone_Else,1,2,3,4,1,2"])
+    with pytest.raises(DataError, match="patient IDs match the archive") as caught:
+        build_from_boxes(duke, boxes, pseudonymizer=PSEUDO, unboxed="negative")
+    assert "only label 0 rows" in str(caught.value) and "Someone_Else" not in str(caught.value)
 
 
 def test_bad_boxes_file(tmp_path: Path, duke: Path) -> None:
@@ -181,10 +190,14 @@ def test_build_from_series_labels(tmp_path: Path) -> None:
             "A,A/st/t2,1",
             "B,A/st/t2,0",
             "C,C/none,0",
+            "B,B/st/t2,0",
         ],
     )
     rows = build_from_series_labels(tmp_path, labels, pseudonymizer=PSEUDO)
-    assert list(rows) == [ManifestRow("A", "A/st/t2", "single", None, 1)]
+    assert list(rows) == [
+        ManifestRow("A", "A/st/t2", "single", None, 1),
+        ManifestRow("B", "B/st/t2", "single", None, 0),
+    ]
     assert [(s.line, s.reason) for s in rows.skipped] == [
         (3, "patient_id differs from the files' PatientID"),
         (4, "series folder not found"),
