@@ -41,7 +41,7 @@ def pool(tensor: torch.Tensor, modes: Sequence[str]) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def multi_node_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
+def multi_node_extractor(model: nn.Module, nodes: Sequence[str]) -> torch.fx.GraphModule:
     """A graph module returning ``{node: tensor}`` for every node, traced in eval mode."""
     model.eval()
     extractor = create_feature_extractor(model, return_nodes={n: n for n in nodes})
