@@ -83,11 +83,10 @@ def run_chain_nodes(
 ) -> list[StageRecord]:
     """What one Ray task does: rebuild the graph, run the chains of ``backbone`` (their data
     inputs are already finished, so they are reused) and report what happened."""
-    from cad.phi import load_secret
-
     graph = factory()
-    run_dir = RunDir(workdir)
-    runner = Runner(run_dir, load_secret(run_dir.root), force, redone)
+    # No secret here: only the data stages pseudonymise, and they ran in the driver. Reading
+    # one would create a stray .cad_secret when the driver's came from CAD_SECRET.
+    runner = Runner(RunDir(workdir), b"", force, redone)
     chain_nodes = [c for c in graph.chains if c.chain.backbone == backbone]
     for chain in chain_nodes:
         runner.run_node(chain.evaluate)

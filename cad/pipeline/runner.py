@@ -18,7 +18,7 @@ from cad.artifacts.base import Artifact
 from cad.artifacts.summary import RunDir, StageRecord
 from cad.pipeline.graph import Graph, Node
 from cad.pipeline.stage import StageContext
-from cad.pipeline.store import ArtifactStore, artifact_key
+from cad.pipeline.store import ArtifactStore, artifact_key, verify
 
 log = logging.getLogger("cad.pipeline")
 
@@ -61,16 +61,36 @@ class Runner:
         inputs = {name: self.run_node(parent) for name, parent in node.inputs.items()}
         key = self.key(node)
         redo = stage.name in self.force or any(a.key in self.redone for a in inputs.values())
-        if redo:
-            self.redone.add(key)
-        else:
-            found = self.store.lookup(stage.name, key)
-            if found is not None:
-                log.info("%s: reusing finished artifact %s", node.label, key)
-                artifact = output.view(found)
-                self._record(node, key, True, 0.0, artifact)
-                self.results[node] = artifact
-                return artifact
+        with self.store.lock(stage.name, key):
+            if redo:
+                self.redone.add(key)
+            else:
+                found = self._intact(node, self.store.lookup(stage.name, key))
+                if found is not None:
+                    log.info("%s: reusing finished artifact %s", node.label, key)
+                    artifact = output.view(found)
+                    self._record(node, key, True, 0.0, artifact)
+                    self.results[node] = artifact
+                    return artifact
+            return self._compute(node, key, inputs)
+
+    def _intact(self, node: Node, found: Artifact | None) -> Artifact | None:
+        """``found`` if every file still matches its checksum; else None (it is recomputed)."""
+        if found is None:
+            return None
+        damaged = verify(found)
+        if damaged:
+            log.warning(
+                "%s: finished artifact %s was changed on disk (%s); computing it again",
+                node.label,
+                found.key,
+                ", ".join(damaged[:3]),
+            )
+            return None
+        return found
+
+    def _compute(self, node: Node, key: str, inputs: dict[str, Artifact]) -> Artifact:
+        stage, output = node.stage, node.stage.output
         log.info("%s: running (artifact %s)", node.label, key)
         scratch = self.workdir.scratch / f"{stage.name}-{key}"
         tmp = self.store.begin(stage.name, key)

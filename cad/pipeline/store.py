@@ -4,17 +4,22 @@ An artifact is a directory ``WORKDIR/artifacts/<stage>-<key>/`` whose key hashes
 name, the stage's canonical config, its input artifact keys and the cad version. A stage
 writes into a private temporary directory; ``manifest.json`` (with SHA-256 sums of every
 file) is written last and the directory is renamed into place with ``os.replace``, so a
-killed run never leaves a half artifact that counts. Stale temporaries are removed.
+killed run never leaves a half artifact that counts. Stale temporaries are removed. A
+per-artifact lock makes concurrent runs on one workdir wait for each other, and the
+checksums are verified whenever an artifact is reused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ from cad.artifacts.base import Artifact
 from cad.artifacts.checksums import sha256_file
 
 MANIFEST = "manifest.json"
+LOCKS = ".locks"  # empty lock files, one per artifact ever computed (never deleted: racy)
+log = logging.getLogger("cad.pipeline")
 
 
 def canonical_json(value: Any) -> str:
@@ -57,6 +64,25 @@ class ArtifactStore:
         if manifest.get("key") != key:
             return None
         return Artifact(stage, key, path, manifest)
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold this artifact's lock while looking it up and computing it: a second process
+        asking for the same artifact waits, then reuses what the first published, instead of
+        computing it again and replacing it under a reader (``flock``; released by the
+        kernel when a process dies, so a kill -9 leaves no stale lock)."""
+        locks = self.root / LOCKS
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{stage}-{key}", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s-%s: another cad process is computing it; waiting", stage, key)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def begin(self, stage: str, key: str) -> Path:
         """A fresh private directory to write the artifact into."""

@@ -77,6 +77,7 @@ def test_ray_executor_gives_the_local_keys_and_metrics(cluster, local_run, tmp_p
     out = proc.communicate(timeout=900)[0].decode(errors="replace")
     assert proc.returncode == 0, out[-3000:]
     assert _outcome(tmp_path) == _outcome(local_run)
+    assert not (tmp_path / ".cad_secret").exists()  # the secret came from CAD_SECRET only
 
 
 def _chain_worker(artifacts: Path, deadline: float) -> int | None:

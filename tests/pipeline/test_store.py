@@ -12,7 +12,7 @@ import pytest
 from toy_stages import Toy, toy_graph
 
 from cad.artifacts.summary import RunDir
-from cad.pipeline.store import ArtifactStore, artifact_key, verify
+from cad.pipeline.store import LOCKS, ArtifactStore, artifact_key, verify
 
 
 def test_key_depends_on_stage_config_and_inputs():
@@ -69,7 +69,7 @@ def test_failed_stage_leaves_nothing(tmp_path):
         runner.run(graph)
     store = ArtifactStore(RunDir(tmp_path).artifacts)
     assert store.lookup("s", runner.key(graph.nodes[0])) is None
-    assert list(RunDir(tmp_path).artifacts.iterdir()) == []
+    assert [p.name for p in RunDir(tmp_path).artifacts.iterdir()] == [LOCKS]
 
 
 def test_kill_9_mid_stage_then_rerun(tmp_path):
@@ -93,3 +93,37 @@ def test_kill_9_mid_stage_then_rerun(tmp_path):
     assert (art.path / "out.txt").read_text() == "s 1"
     assert isinstance(art, Toy) and art.text() == "s 1"
     assert not any(p.name.startswith(".tmp-") for p in root.iterdir())
+
+
+def test_a_damaged_finished_artifact_is_computed_again_not_reused(tmp_path):
+    runner, graph, calls = toy_graph(tmp_path, ["s"])
+    art = runner.run_node(graph.nodes[0])
+    (art.path / Toy.FILE).write_text("\x00" * 3)  # e.g. a zeroed images.npy
+    runner2, graph2, _ = toy_graph(tmp_path, ["s"], calls=calls)
+    again = runner2.run_node(graph2.nodes[0])
+    assert calls == ["s", "s"] and not runner2.records[0].reused
+    assert verify(again) == [] and again.text() == "s 1"
+
+
+def test_two_runs_on_one_workdir_compute_an_artifact_once(tmp_path):
+    """The second run waits on the first's lock, then reuses what it published (before the
+    lock it computed the artifact again and replaced it under the first's readers)."""
+    import threading
+
+    first_started, calls = threading.Event(), []
+    runner_a, graph_a, _ = toy_graph(tmp_path, ["s"], calls=calls, sleep=0.5)
+    runner_b, graph_b, _ = toy_graph(tmp_path, ["s"], calls=calls)
+    original = graph_a.nodes[0].stage.run
+
+    def run_and_signal(*args, **kwargs):
+        first_started.set()
+        return original(*args, **kwargs)
+
+    graph_a.nodes[0].stage.run = run_and_signal
+    a = threading.Thread(target=runner_a.run_node, args=(graph_a.nodes[0],))
+    a.start()
+    assert first_started.wait(60)
+    runner_b.run_node(graph_b.nodes[0])  # blocks on the lock until `a` has published
+    a.join()
+    assert calls == ["s"]
+    assert [r.reused for r in runner_a.records + runner_b.records] == [False, True]
