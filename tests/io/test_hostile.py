@@ -103,3 +103,12 @@ def test_an_unreadable_folder_is_reported_not_skipped(good: Path) -> None:
     finally:
         locked.chmod(0o755)
     assert found["locked"][0] is Outcome.UNREADABLE
+
+
+def test_a_small_deflated_file_that_inflates_far_beyond_its_header_is_refused(good: Path) -> None:
+    ds = _slice()
+    ds.DataSetTrailingPadding = b"\x00" * (32 * 2**20)  # 32 MiB of zeros deflate to ~32 KiB
+    path = save(ds, good / "bomb.dcm", syntax="deflated")
+    assert path.stat().st_size < 2**20
+    outcome, reason = _outcomes(good)["bomb.dcm"]
+    assert outcome is Outcome.CORRUPT and "inflates to more than" in reason
