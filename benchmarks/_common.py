@@ -30,13 +30,9 @@ def loadavg() -> tuple[float, float, float]:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from cad.cpu import cpu_info
+
+    return cpu_info().model
 
 
 def machine_info() -> dict[str, Any]:
@@ -47,20 +43,12 @@ def machine_info() -> dict[str, Any]:
 
     from cad.cpu import cpu_info
 
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
     return {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx": "amx_tile" in flags,
+        "avx512_bf16": cpu_info().bf16,
+        "amx": cpu_info().amx,
         "cpu": cpu_info().as_dict(),  # what torch dispatches to: the CPU class of every figure
         "gpu": torch.cuda.is_available(),
         "python": platform.python_version(),
