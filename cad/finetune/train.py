@@ -9,7 +9,6 @@ safetensors files so that a killed run resumes at the last finished epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cad.checkpoint import Checkpoint
 from cad.config import AugmentConfig, FinetuneConfig
 from cad.data.augment import apply, make_augment
 from cad.device import Runtime
@@ -47,52 +47,6 @@ def _run_in_batches(fn: Callable, data: torch.Tensor, batch: int, runtime: Runti
         with runtime.autocast():
             outs.append(fn(runtime.batch(data[start : start + batch])))
     return torch.cat(outs)
-
-
-class _Checkpoint:
-    """Atomic per-epoch checkpoint: tensors in safetensors, the rest in JSON."""
-
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        if self.directory is None:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-        }
-        opt = optimizer.state_dict()
-        for index, slots in opt["state"].items():
-            for name, value in slots.items():
-                tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        meta = {**state, "param_groups": opt["param_groups"]}
-        tmp = self.directory / f".ckpt-{os.getpid()}.safetensors"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.directory / "last.safetensors")
-        tmp_json = self.directory / f".ckpt-{os.getpid()}.json"
-        tmp_json.write_text(json.dumps(meta))
-        os.replace(tmp_json, self.directory / "last.json")  # last: marks the pair complete
-
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
-        if self.directory is None or not (self.directory / "last.json").exists():
-            return None
-        meta = json.loads((self.directory / "last.json").read_text())
-        tensors = load_file(str(self.directory / "last.safetensors"))
-        if meta.get("epoch") is None:
-            return None
-        try:
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        except RuntimeError:
-            log.warning("checkpoint does not fit this model; starting fine-tuning afresh")
-            return None
-        opt_state: dict = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                opt_state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        return meta
 
 
 def _optimizer(params: list[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -183,9 +137,10 @@ def train(
     optimizer = _optimizer(params, cfg)
     loss_fn = _loss_fn(np.asarray(labels)[order], cfg, runtime)
     scaler = torch.amp.GradScaler("cuda") if runtime.uses_grad_scaler else None
-    ckpt = _Checkpoint(checkpoint_dir)
+    ckpt = Checkpoint(checkpoint_dir)
     start_epoch, best_state, stale = 0, None, 0
-    resumed = ckpt.load(model, optimizer)
+    loaded = ckpt.load(model, optimizer)
+    resumed = None if loaded is None else loaded[0]
     if resumed is not None:
         start_epoch = resumed["epoch"] + 1
         result.history = resumed["history"]

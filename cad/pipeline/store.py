@@ -12,20 +12,20 @@ checksums are verified whenever an artifact is reused.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cad import __version__
 from cad.artifacts.base import Artifact
 from cad.artifacts.checksums import sha256_file
+from cad.locks import exclusive
 
 MANIFEST = "manifest.json"
 LOCKS = ".locks"  # empty lock files, one per artifact ever computed (never deleted: racy)
@@ -65,24 +65,11 @@ class ArtifactStore:
             return None
         return Artifact(stage, key, path, manifest)
 
-    @contextlib.contextmanager
-    def lock(self, stage: str, key: str) -> Iterator[None]:
+    def lock(self, stage: str, key: str) -> contextlib.AbstractContextManager[None]:
         """Hold this artifact's lock while looking it up and computing it: a second process
         asking for the same artifact waits, then reuses what the first published, instead of
-        computing it again and replacing it under a reader (``flock``; released by the
-        kernel when a process dies, so a kill -9 leaves no stale lock)."""
-        locks = self.root / LOCKS
-        locks.mkdir(exist_ok=True)
-        with open(locks / f"{stage}-{key}", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("%s-%s: another cad process is computing it; waiting", stage, key)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        computing it again and replacing it under a reader."""
+        return exclusive(self.root / LOCKS / f"{stage}-{key}", f"{stage}-{key}")
 
     def begin(self, stage: str, key: str) -> Path:
         """A fresh private directory to write the artifact into."""
