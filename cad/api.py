@@ -9,6 +9,7 @@ report and MLflow (:mod:`cad.pipeline.finish`).
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from cad.pipeline.result import RunResult, collect
 from cad.pipeline.runner import Runner
 from cad.scoring.api import score_folder
 
+log = logging.getLogger("cad")
 __all__ = ["preflight", "run_pipeline", "score_folder"]
 
 
@@ -36,8 +38,13 @@ def preflight(cfg: PipelineConfig) -> None:
         problem = check_weights(backbone.name, backbone.weights)
         if problem and backbone.fallback == "none":
             raise WeightsError(problem)
-        if problem:
+        if problem and backbone.fallback == "random":
             warn_once(f"{backbone.name}: {problem} -- using RANDOM weights (fallback)")
+        elif problem:
+            log.warning(
+                "%s: %s -- using cad's offline pretrained weights (fallback: pretrain)",
+                backbone.name, problem,
+            )  # fmt: skip
 
 
 def check_force(force: Sequence[str]) -> list[str]:

@@ -58,7 +58,11 @@ def test_summary_and_report_are_written(smoke):
     optional = {"denoise"}  # the smoke pipeline does not denoise
     assert {s["stage"] for s in summary["stages"]} == set(STAGE_NAMES) - optional
     chain_labels = [s["label"] for s in summary["stages"] if s["stage"] in CHAIN_STAGES]
-    assert chain_labels == [f"{st}[resnet18 r{r}]" for r in (1, 2) for st in CHAIN_STAGES]
+    # round 2 starts from round 1's model: only round 1 reads the pretrain stage
+    expected = [f"{st}[resnet18 r{r}]" for r in (1, 2) for st in CHAIN_STAGES]
+    assert chain_labels == [label for label in expected if label != "pretrain[resnet18 r2]"]
+    assert summary["results"][0]["weights_source"].startswith("pretrain:shapes-1 3 steps")
+    assert "cad's offline source" in (workdir / "report.md").read_text()
     assert summary["best"]["backbone"] == "resnet18"
 
 
@@ -82,13 +86,16 @@ def test_round2_candidates_stop_at_round1_connection(smoke):
     assert nodes2[-1] == conn1
 
 
-def test_frozen_bits_equal_the_initial_backbone(smoke):
-    _, _, result = smoke
+def test_frozen_bits_equal_the_pretrained_backbone(smoke):
+    _, workdir, result = smoke
     chain = result.chains[0]
     meta = chain.finetune.model_meta()
+    (pretrained,) = (workdir / "artifacts").glob("pretrain-*/weights.safetensors")
+    initial = create_backbone("resnet18", "pretrain", 3, pretrained=pretrained).model.state_dict()
     with torch.random.fork_rng():
         torch.manual_seed(BACKBONE_SEED)
-        initial = create_backbone("resnet18", weights="random", in_chans=3).model.state_dict()
+        random = create_backbone("resnet18", weights="random", in_chans=3).model.state_dict()
+    assert not torch.equal(initial["conv1.weight"], random["conv1.weight"])
     trained = load_file(str(chain.finetune.package / "model.safetensors"))
     node = meta.nodes.finetune  # e.g. "layer2.1.relu_1": layers 1..2 are frozen
     depth = int(node[5]) if node.startswith("layer") else 0

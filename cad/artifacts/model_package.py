@@ -38,6 +38,7 @@ class Nodes(BaseModel):
 class HeadSpec(BaseModel):
     hidden: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
+    pool: Literal["avg", "max", "avgmax"] = "avg"
 
 
 class DenoiserSpec(BaseModel):
@@ -86,7 +87,12 @@ class ModelMeta(BaseModel):
 
     @property
     def fell_back_to_random(self) -> bool:
-        return "fallback" in self.weights_source
+        return self.weights_source.startswith("random") and "fallback" in self.weights_source
+
+    @property
+    def pretrained_offline(self) -> bool:
+        """The weights came from cad's offline source (``weights``/``fallback: pretrain``)."""
+        return "pretrain:" in self.weights_source
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:

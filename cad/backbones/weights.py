@@ -25,7 +25,7 @@ from cad.backbones._adapt import adapt_state_dict
 from cad.backbones.registry import BackboneSpec, get_spec
 from cad.errors import CadError, WeightsError, did_you_mean, look_up_option
 
-WEIGHT_CHOICES = ("imagenet", "random")
+WEIGHT_CHOICES = ("imagenet", "pretrain", "random")
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _OR_RANDOM = "or set weights: random"
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, in order
@@ -178,8 +178,8 @@ class _Resolved(NamedTuple):
 
 
 def _resolve(spec: BackboneSpec, weights: str) -> _Resolved:
-    if weights == "random":
-        return _Resolved(None, "random")
+    if weights in ("random", "pretrain"):  # pretrain: the file comes from the pretrain stage
+        return _Resolved(None, weights)
     if weights == "imagenet":
         loc = weights_location(spec)
         if loc is None:
@@ -206,37 +206,55 @@ def check_weights(name: str, weights: str) -> str:
 
 
 def create_backbone(
-    name: str, weights: str = "random", in_chans: int = 3, fallback: str = "none"
+    name: str,
+    weights: str = "random",
+    in_chans: int = 3,
+    fallback: str = "none",
+    pretrained: Path | None = None,
+    pretrained_label: str = "pretrain",
 ) -> LoadedBackbone:
-    """Build backbone ``name`` with ``weights`` (imagenet | random | a local file).
+    """Build backbone ``name`` with ``weights`` (imagenet | pretrain | random | a file).
 
-    ImageNet weights come only from the local cache (never downloaded). When weights are
-    unavailable this raises WeightsError naming the file and folder, unless ``fallback``
-    is "random": then the model gets random weights and ``fell_back`` is set. Weights
+    ImageNet weights come only from the local cache (never downloaded); ``pretrain`` reads
+    ``pretrained``, the file of cad's offline source (the pretrain stage or ``cad
+    pretrain``), described by ``pretrained_label``. When weights are unavailable this
+    raises WeightsError naming the file and folder, unless ``fallback`` is "pretrain"
+    (then ``pretrained`` is loaded) or "random"; either way ``fell_back`` is set. Weights
     that do not fit the network always raise. A stem conv trained on 3 channels is
     adapted to ``in_chans`` like timm does.
     """
     spec = get_spec(name)
-    look_up_option(fallback, ("none", "random"), "fallback")
+    look_up_option(fallback, ("none", "pretrain", "random"), "fallback")
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise CadError(f"in_chans must be an int >= 1, got {in_chans!r}")
     path, source, problem, short = _resolve(spec, weights)
+    if weights == "pretrain" or (problem and fallback == "pretrain"):
+        if pretrained is None:
+            raise WeightsError(
+                f"{name}: weights from cad's offline source need the pretrain stage's file "
+                "(cad run adds the stage; elsewhere pass the path `cad pretrain` prints)"
+            )
+        path, source = pretrained, pretrained_label
     if problem and fallback == "none":
         raise WeightsError(problem)
     state = read_state_dict(path) if path is not None else None
     model = spec.builder(in_chans)
-    if problem:
+    if problem and fallback == "random":
         message = f"WARNING: {problem} -- FALLING BACK TO RANDOM WEIGHTS for {name}"
         return LoadedBackbone(model.eval(), spec, f"random (fallback: {short})", True, message)
+    if problem:
+        source = f"{source} (fallback: {short})"
     message = f"{name}: {source} weights, {in_chans} input channel(s)"
-    if state is not None:
+    if problem:
+        message = f"{problem} -- using cad's offline pretrained weights instead: {message}"
+    if state is not None and path is not None:
         adapted = load_weights(model, state, f"weights {path.name} for {name}")
         if source.startswith("imagenet:") and hasattr(model, "transform_input"):
             # torchvision's GoogLeNet/Inception v3 weights expect its input re-scaling
             model.transform_input = in_chans == 3
         if adapted:
             message += f" ({', '.join(adapted)} adapted to {in_chans} channel(s))"
-    return LoadedBackbone(model.eval(), spec, source, False, message)
+    return LoadedBackbone(model.eval(), spec, source, bool(problem), message)
 
 
 def node_shapes(

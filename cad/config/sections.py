@@ -149,12 +149,38 @@ class DenoiseConfig(Section):
 
 class BackboneConfig(Section):
     name: str
-    weights: str = Field("imagenet", description="imagenet, random, or a local weights file")
-    fallback: Literal["none", "random"] = "none"
+    weights: str = Field(
+        "imagenet", description="imagenet, pretrain (cad's offline source), random, or a file"
+    )
+    fallback: Literal["none", "pretrain", "random"] = Field(
+        "none", description="when the weights are unavailable: pretrain, random, or fail"
+    )
     nodes: tuple[str, ...] | None = Field(None, description="candidate nodes; default: registry")
 
 
 Precision = Literal["auto", "bf16", "fp32"]
+
+
+class PretrainRuntime(Runtime):
+    checkpoint_every: int = Field(25, ge=1, description="steps between resumable checkpoints")
+
+
+class PretrainConfig(Section):
+    """cad's offline pretraining source (``weights: pretrain``): a backbone learns to tell
+    apart procedurally rendered shape classes; no patient image or label is used."""
+
+    method: Literal["shapes"] = "shapes"
+    steps: int = Field(300, ge=1, le=1_000_000, description="the budget: optimizer steps")
+    batch_size: int = Field(64, ge=2, le=4096)
+    size: int = Field(
+        48, ge=16, le=1024, description="image side (raised to a backbone's minimum size)"
+    )
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(0.05, ge=0, le=10)
+    warmup: float = Field(0.15, ge=0, lt=1, description="share of steps warming up the lr")
+    precision: Precision = "auto"
+    seed: int = 0
+    runtime: PretrainRuntime = PretrainRuntime()
 
 
 class ExtractRuntime(Runtime):
@@ -215,6 +241,9 @@ class FinetuneConfig(Section):
     freeze: bool = Field(True, description="freeze up to the fine-tuning node (false: train all)")
     hidden: int = Field(256, ge=1, le=65536)
     dropout: float = Field(0.5, ge=0, lt=1)
+    pool: Literal["avg", "max", "avgmax"] = Field(
+        "avg", description="the head's global pooling: avg, max (focal findings) or both"
+    )
     epochs: int = Field(8, ge=1, le=10000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -299,6 +328,7 @@ class PipelineConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     denoise: DenoiseConfig = DenoiseConfig()
     backbones: tuple[BackboneConfig, ...] = Field((BackboneConfig(name="resnet50"),), min_length=1)
+    pretrain: PretrainConfig = PretrainConfig()
     extract: ExtractConfig = ExtractConfig()
     probe: ProbeConfig = ProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()

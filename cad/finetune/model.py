@@ -35,19 +35,35 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class Head(nn.Module):
-    """Global average pool -> Linear(hidden) -> ReLU -> Dropout -> Linear(classes)."""
+HEAD_POOLS = ("avg", "max", "avgmax")
 
-    def __init__(self, in_features: int, hidden: int, dropout: float, classes: int) -> None:
+
+class Head(nn.Module):
+    """Global pool -> Linear(hidden) -> ReLU -> Dropout -> Linear(classes).
+
+    ``pool`` is ``avg``, ``max`` (a focal finding is not diluted by the rest of the slice)
+    or ``avgmax`` (both, concatenated).
+    """
+
+    def __init__(
+        self, in_features: int, hidden: int, dropout: float, classes: int, pool: str = "avg"
+    ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden)
+        self.pool = pool
+        self.fc1 = nn.Linear(in_features * (2 if pool == "avgmax" else 1), hidden)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() > 2:
-            x = x.flatten(2).mean(dim=2)
+            flat = x.flatten(2)
+            pooled = []
+            if self.pool in ("avg", "avgmax"):
+                pooled.append(flat.mean(dim=2))
+            if self.pool in ("max", "avgmax"):
+                pooled.append(flat.amax(dim=2))
+            x = torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
         return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
@@ -225,6 +241,7 @@ def build_transfer_model(
     hidden: int,
     dropout: float,
     classes: int = 2,
+    pool: str = "avg",
     aux_nodes: Sequence[str] = (),
     freeze_prefix: bool = True,
 ) -> TransferModel:
@@ -236,7 +253,7 @@ def build_transfer_model(
     """
     body = cut_backbone(backbone, finetune_node, connection_node, aux_nodes)
     shape = output_shape(body, in_chans, size, FEATURES_KEY)
-    head = Head(shape[0], hidden, dropout, classes)
+    head = Head(shape[0], hidden, dropout, classes, pool)
     aux_heads = {}
     for i in range(len(aux_nodes)):
         from torchvision.models.googlenet import InceptionAux

@@ -78,6 +78,7 @@ def rebuild(meta: ModelMeta) -> TransferModel:
         size=meta.input.size,
         hidden=meta.head.hidden,
         dropout=meta.head.dropout,
+        pool=meta.head.pool,
         classes=len(meta.classes),
         aux_nodes=meta.aux_nodes,
         freeze_prefix=meta.frozen,

@@ -55,7 +55,7 @@ def run_graph(
         raise CadError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'")
     if factory is None:
         raise CadError("the ray executor needs a graph factory to rebuild the graph in workers")
-    in_chains = {id(n) for c in graph.chains for n in (c.extract, c.probe, c.finetune, c.evaluate)}
+    in_chains = {id(n) for c in graph.chains for n in c.nodes}
     for node in graph:
         if id(node) not in in_chains:
             runner.run_node(node)  # the data stages, once, here
@@ -90,7 +90,7 @@ def run_chain_nodes(
     chain_nodes = [c for c in graph.chains if c.chain.backbone == backbone]
     for chain in chain_nodes:
         runner.run_node(chain.evaluate)
-    mine = {id(n) for c in chain_nodes for n in (c.extract, c.probe, c.finetune, c.evaluate)}
+    mine = {id(n) for c in chain_nodes for n in c.nodes}
     labels = {n.label for n in graph if id(n) in mine}
     return [r for r in runner.records if r.label in labels]
 

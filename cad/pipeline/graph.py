@@ -30,16 +30,20 @@ from cad.pipeline.stages.data import (
 from cad.pipeline.stages.evaluation import EvaluateSettings, EvaluateStage
 from cad.pipeline.stages.layers import ExtractSettings, ExtractStage, ProbeSettings, ProbeStage
 from cad.pipeline.stages.prepare import AugmentSettings, AugmentStage, DenoiseSettings, DenoiseStage
+from cad.pipeline.stages.pretrain import PretrainSettings, PretrainStage
 from cad.pipeline.stages.training import FinetuneSettings, FinetuneStage
 
 PHANTOM, MANIFEST, INGEST, SPLIT = PhantomStage(), ManifestStage(), IngestStage(), SplitStage()
-DENOISE, AUGMENT = DenoiseStage(), AugmentStage()
+DENOISE, AUGMENT, PRETRAIN = DenoiseStage(), AugmentStage(), PretrainStage()
 EXTRACT, PROBE, FINETUNE, EVALUATE = ExtractStage(), ProbeStage(), FinetuneStage(), EvaluateStage()
 STAGES: tuple[Stage, ...] = (
-    PHANTOM, MANIFEST, INGEST, SPLIT, DENOISE, AUGMENT, EXTRACT, PROBE, FINETUNE, EVALUATE,
+    PHANTOM, MANIFEST, INGEST, SPLIT, DENOISE, AUGMENT,
+    PRETRAIN, EXTRACT, PROBE, FINETUNE, EVALUATE,
 )  # fmt: skip
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
-CHAIN_STAGES: tuple[str, ...] = (EXTRACT.name, PROBE.name, FINETUNE.name, EVALUATE.name)
+CHAIN_STAGES: tuple[str, ...] = (
+    PRETRAIN.name, EXTRACT.name, PROBE.name, FINETUNE.name, EVALUATE.name,
+)  # fmt: skip
 
 
 def stage_table() -> str:
@@ -96,6 +100,12 @@ class ChainNodes:
     probe: Node
     finetune: Node
     evaluate: Node
+    pretrain: Node | None = None  # round 1 with weights from cad's offline source
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        first = (self.pretrain,) if self.pretrain is not None else ()
+        return (*first, self.extract, self.probe, self.finetune, self.evaluate)
 
 
 @dataclass
@@ -187,6 +197,16 @@ def _data_chain(
     return DataNodes(ingest, split, images, augment, made, digest)
 
 
+def needs_pretrain(backbone: BackboneConfig) -> bool:
+    """Whether round 1 of ``backbone`` reads the pretrain stage: ``weights: pretrain``, or
+    ``fallback: pretrain`` with its weights unavailable on this machine."""
+    from cad.backbones import check_weights
+
+    if backbone.weights == "pretrain":
+        return True
+    return backbone.fallback == "pretrain" and bool(check_weights(backbone.name, backbone.weights))
+
+
 def _model_chain(
     graph: Graph,
     cfg: PipelineConfig,
@@ -197,10 +217,17 @@ def _model_chain(
     previous: Node | None,
 ) -> ChainNodes:
     chain = ChainId(backbone.name, round_)
+    pretrain = None
+    if previous is None and needs_pretrain(backbone):
+        in_chans = cfg.input.in_chans
+        settings = PretrainSettings(
+            backbone=backbone.name, in_chans=in_chans, pretrain=cfg.pretrain
+        )
+        pretrain = graph.add(PRETRAIN, settings, {}, chain)
     extract = graph.add(
         EXTRACT,
         ExtractSettings(backbone=backbone, round=round_, extract=cfg.extract),
-        {"training": train.augment, "previous": previous},
+        {"training": train.augment, "previous": previous, "pretrained": pretrain},
         chain,
     )
     probe = graph.add(
@@ -219,6 +246,7 @@ def _model_chain(
             "images": train.images,
             "splits": train.split,
             "previous": previous,
+            "pretrained": pretrain,
         },
         chain,
     )
@@ -228,7 +256,7 @@ def _model_chain(
         {"model": finetune, "images": test.ingest, "splits": test.split},
         chain,
     )
-    return ChainNodes(chain, extract, probe, finetune, evaluate)
+    return ChainNodes(chain, extract, probe, finetune, evaluate, pretrain)
 
 
 def build_graph(cfg: PipelineConfig, secret_fingerprint: str) -> Graph:

@@ -23,6 +23,15 @@ def _warnings(summary: RunSummary) -> list[str]:
             "transfer learning.",
             "",
         ]
+    offline = [c for c in summary.results if "pretrain:" in c.weights_source and c.round == 1]
+    if offline:
+        lines += [
+            "> **Weights:** "
+            + "; ".join(f"{c.backbone}: {c.weights_source}" for c in offline)
+            + ". These come from cad's offline source (procedural shape classes, no patient "
+            "data), not from ImageNet.",
+            "",
+        ]
     tracking = summary.tracking
     if tracking is not None and not tracking.ok:
         lines += [

@@ -11,6 +11,7 @@ from cad.artifacts.evaluation import Evaluation
 from cad.artifacts.features import FeatureSet
 from cad.artifacts.images import DenoisedImages, ImageSet, TrainingSet
 from cad.artifacts.model_package import TrainedModel
+from cad.artifacts.pretrained import PretrainedWeights
 from cad.artifacts.probe import ProbeResult
 from cad.artifacts.splits import Splits
 from cad.artifacts.summary import RunDir, RunSummary, StageRecord
@@ -38,6 +39,7 @@ class ChainArtifacts:
     probe: ProbeResult
     finetune: TrainedModel
     evaluate: Evaluation
+    pretrained: PretrainedWeights | None = None  # round 1 with cad's offline weights
 
     @property
     def backbone(self) -> str:
@@ -77,6 +79,7 @@ def _chain(nodes: ChainNodes, results: dict[Node, Artifact]) -> ChainArtifacts:
         results[nodes.probe],  # type: ignore[arg-type]
         results[nodes.finetune],  # type: ignore[arg-type]
         results[nodes.evaluate],  # type: ignore[arg-type]
+        None if nodes.pretrain is None else results[nodes.pretrain],  # type: ignore[arg-type]
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from cad.artifacts.features import FeatureIndex, FeatureSet, NodeInfo
 from cad.artifacts.images import TrainingSet
 from cad.artifacts.model_package import TrainedModel
+from cad.artifacts.pretrained import PretrainedWeights
 from cad.artifacts.probe import ProbeChoice, ProbeResult
 from cad.artifacts.splits import Splits
 from cad.config import BackboneConfig, BalanceConfig, ExtractConfig, ProbeConfig
@@ -23,12 +24,18 @@ from cad.pipeline.stage import Settings, Stage, StageContext
 BACKBONE_SEED = 0  # random weights must be the same in extract and finetune
 
 
-def load_backbone(backbone: BackboneConfig, in_chans: int, previous: TrainedModel | None):
+def load_backbone(
+    backbone: BackboneConfig,
+    in_chans: int,
+    previous: TrainedModel | None,
+    pretrained: PretrainedWeights | None = None,
+):
     """(network, weights description, candidate nodes) for one chain's round.
 
     Round 1 builds the registry's network with its configured weights (random weights seeded
-    with ``BACKBONE_SEED``); round 2 rebuilds round 1's network from its package and only
-    considers nodes up to round 1's connection node (the rest was discarded by round 1).
+    with ``BACKBONE_SEED``; ``pretrained`` when they come from the pretrain stage); round 2
+    rebuilds round 1's network from its package and only considers nodes up to round 1's
+    connection node (the rest was discarded by round 1).
     """
     import torch
 
@@ -41,7 +48,12 @@ def load_backbone(backbone: BackboneConfig, in_chans: int, previous: TrainedMode
         with torch.random.fork_rng():
             torch.manual_seed(BACKBONE_SEED)
             loaded = create_backbone(
-                spec.name, weights=backbone.weights, in_chans=in_chans, fallback=backbone.fallback
+                spec.name,
+                weights=backbone.weights,
+                in_chans=in_chans,
+                fallback=backbone.fallback,
+                pretrained=None if pretrained is None else pretrained.weights,
+                pretrained_label=pretrained.record().label if pretrained else "pretrain",
             )
         return loaded.model, loaded.weights_source, nodes
     model, meta, _ = backbone_from_package(previous.package)
@@ -63,8 +75,8 @@ class ExtractStage(Stage[ExtractSettings]):
         "(`create_feature_extractor`), globally pooled, stored per node"
     )
     settings_type = ExtractSettings
-    inputs = {"training": TrainingSet, "previous": TrainedModel}
-    optional_inputs = frozenset({"previous"})
+    inputs = {"training": TrainingSet, "previous": TrainedModel, "pretrained": PretrainedWeights}
+    optional_inputs = frozenset({"previous", "pretrained"})
     output = FeatureSet
 
     def identity(self, settings: ExtractSettings) -> dict[str, Any]:
@@ -78,6 +90,7 @@ class ExtractStage(Stage[ExtractSettings]):
         settings: ExtractSettings,
         training: TrainingSet,
         previous: TrainedModel | None = None,
+        pretrained: PretrainedWeights | None = None,
     ) -> dict[str, Any]:
         from cad.backbones import get_spec, node_shapes
         from cad.device import describe, select_runtime
@@ -86,7 +99,9 @@ class ExtractStage(Stage[ExtractSettings]):
 
         spec, inputs = get_spec(settings.backbone.name), training.spec
         cfg, runtime_cfg = settings.extract, settings.extract.runtime
-        model, weights_source, nodes = load_backbone(settings.backbone, inputs.in_chans, previous)
+        model, weights_source, nodes = load_backbone(
+            settings.backbone, inputs.in_chans, previous, pretrained
+        )
         runtime = select_runtime(cfg.precision, runtime_cfg.channels_last)
         images = training.images()
         with progress(f"extract {spec.name} r{settings.round}", len(images), "slices") as advance:

@@ -11,6 +11,7 @@ import numpy as np
 from cad.artifacts.features import FeatureSet
 from cad.artifacts.images import DenoisedImages, ImageSet, TrainingSet
 from cad.artifacts.model_package import DenoiserSpec, HeadSpec, ModelMeta, Nodes, TrainedModel
+from cad.artifacts.pretrained import PretrainedWeights
 from cad.artifacts.probe import ProbeResult
 from cad.artifacts.splits import Splits
 from cad.config import BackboneConfig, FinetuneConfig
@@ -40,8 +41,8 @@ def supervised_aux_nodes(spec: Any, finetune: str, connection: str) -> tuple[str
 class FinetuneStage(Stage[FinetuneSettings]):
     name = "finetune"
     summary = (
-        "backbone cut at the connection node + GAP → Linear → ReLU → Dropout → Linear head; "
-        "frozen prefix cached once; early stopping on validation F1; threshold chosen on "
+        "backbone cut at the connection node + global pool → Linear → ReLU → Dropout → Linear "
+        "head; frozen prefix cached once; early stopping on validation F1; threshold chosen on "
         "validation; model package"
     )
     settings_type = FinetuneSettings
@@ -52,8 +53,9 @@ class FinetuneStage(Stage[FinetuneSettings]):
         "images": ImageSet,
         "splits": Splits,
         "previous": TrainedModel,
+        "pretrained": PretrainedWeights,
     }
-    optional_inputs = frozenset({"previous"})
+    optional_inputs = frozenset({"previous", "pretrained"})
     output = TrainedModel
 
     def identity(self, settings: FinetuneSettings) -> dict[str, Any]:
@@ -72,6 +74,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
         images: ImageSet,
         splits: Splits,
         previous: TrainedModel | None = None,
+        pretrained: PretrainedWeights | None = None,
     ) -> dict[str, Any]:
         import torch
 
@@ -91,7 +94,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
         finetune_node = probe.choice().finetune
         nodes = [n.node for n in index.nodes]
         connection = choose_connection_node(nodes, shapes, finetune_node, cfg.connection)
-        backbone, _, _ = load_backbone(settings.backbone, inputs.in_chans, previous)
+        backbone, _, _ = load_backbone(settings.backbone, inputs.in_chans, previous, pretrained)
         torch.manual_seed(cfg.seed)
         aux_nodes = supervised_aux_nodes(spec, finetune_node, connection)
         model = build_transfer_model(
@@ -104,6 +107,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
             size=inputs.size,
             hidden=cfg.hidden,
             dropout=cfg.dropout,
+            pool=cfg.pool,
             aux_nodes=aux_nodes,
             freeze_prefix=cfg.freeze,
         )
@@ -141,7 +145,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
             nodes=Nodes(finetune=finetune_node, connection=connection),
             aux_nodes=list(aux_nodes),
             frozen=cfg.freeze,
-            head=HeadSpec(hidden=cfg.hidden, dropout=cfg.dropout),
+            head=HeadSpec(hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool),
             classes=CLASSES,
             in_chans=inputs.in_chans,
             input=inputs,

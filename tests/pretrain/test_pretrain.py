@@ -1,0 +1,142 @@
+"""cad's offline pretrained source at a tiny size: the weights fit the registry network,
+a killed run resumes to the same weights, the cache is reused and verified, and no label
+or held-out patient can reach the weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cad.backbones import create_backbone
+from cad.config import PretrainConfig, load_config
+from cad.pipeline.graph import PRETRAIN, build_graph, needs_pretrain
+from cad.pretrain import cache_root, ensure_pretrained
+from cad.pretrain.shapes import ShapeSource
+from cad.pretrain.train import pretrain
+
+TINY = PretrainConfig(steps=4, batch_size=4, size=32, runtime={"checkpoint_every": 2})
+
+
+def test_shape_source_is_seeded_and_balanced_in_range():
+    source = ShapeSource(3)
+    a, la = source.batch(64, 40, torch.Generator().manual_seed(1))
+    b, lb = source.batch(64, 40, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert a.shape == (64, 3, 40, 40) and source.classes == 80
+    assert int(la.min()) >= 0 and int(la.max()) < source.classes
+    assert -0.5 <= float(a.min()) and float(a.max()) <= 1.5
+    # the object is what tells classes apart: two images of one class differ in pose
+    other, _ = source.batch(64, 40, torch.Generator().manual_seed(2))
+    assert not torch.equal(a, other)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "lenet5"])
+def test_weights_load_strictly_into_the_registry_network(name, tmp_path):
+    result = pretrain(name, 3, TINY.model_copy(update={"steps": 2}))
+    reference = create_backbone(name, "random", 3).model.state_dict()
+    assert set(result.state) == set(reference)
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file(result.state, str(path))
+    loaded = create_backbone(name, "pretrain", 3, pretrained=path, pretrained_label="pretrain:x")
+    assert loaded.weights_source == "pretrain:x" and not loaded.fell_back
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in result.state.items())
+    assert not torch.equal(state[next(iter(state))], reference[next(iter(state))])
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    whole = pretrain("resnet18", 3, TINY, tmp_path / "a")
+
+    def die_at_step_3(n: int, seen=[0]) -> None:  # noqa: B006  (counts calls across steps)
+        seen[0] += n
+        if seen[0] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain("resnet18", 3, TINY, tmp_path / "b", die_at_step_3)
+    resumed = pretrain("resnet18", 3, TINY, tmp_path / "b")
+    assert resumed.resumed_at == 2
+    assert resumed.loss == whole.loss
+    for key, value in whole.state.items():
+        assert torch.equal(value, resumed.state[key]), key
+
+
+def test_cache_is_reused_and_a_damaged_entry_is_recomputed():
+    first = ensure_pretrained("resnet18", 3, TINY)
+    assert first.directory.parent == cache_root() and not first.reused
+    again = ensure_pretrained("resnet18", 3, TINY)
+    assert again.reused and again.directory == first.directory
+    assert again.record == first.record
+    with open(first.weights, "r+b") as handle:  # damage the weights file in place
+        handle.seek(4096)
+        handle.write(b"\0" * 256)
+    redone = ensure_pretrained("resnet18", 3, TINY)
+    assert not redone.reused and redone.record.sha256 == first.record.sha256
+    other = ensure_pretrained("resnet18", 3, TINY.model_copy(update={"seed": 1}))
+    assert other.directory != first.directory
+    assert not (cache_root() / f".{first.directory.name}.partial").exists()
+
+
+def _pretrain_key(overrides: list[str]) -> str:
+
+    cfg = load_config("pipelines/smoke.yaml", overrides)
+    graph = build_graph(cfg, "fingerprint")
+    (node,) = [n for n in graph if n.stage is PRETRAIN]
+    return json.dumps(PRETRAIN.identity(node.settings), sort_keys=True)
+
+
+def test_no_label_and_no_held_out_patient_reaches_the_weights():
+    """The pretrain stage reads no artifact, so its key, and with it the weights, cannot
+    depend on the data: other labels (lesion patients), other patients' pixels, other
+    splits give the same key; its own settings do change it."""
+    assert PRETRAIN.inputs == {}
+    base = _pretrain_key([])
+    for changed in (
+        ["data.phantom.lesion_fraction=0.3"],  # other labels
+        ["data.phantom.seed=11"],  # other pixels, test patients included
+        ["split.seed=5", "split.test=0.3"],  # other held-out patients
+        ["data.margin=3", "finetune.epochs=2"],
+    ):
+        assert _pretrain_key(changed) == base, changed
+    assert _pretrain_key(["pretrain.steps=5"]) != base
+    assert _pretrain_key(["input.channels=single", "input.phases=[post1]"]) != base
+
+
+def test_fallback_pretrain_adds_the_stage_only_when_weights_are_missing(tmp_path):
+    from cad.config import BackboneConfig
+
+    assert needs_pretrain(BackboneConfig(name="resnet18", weights="pretrain"))
+    assert not needs_pretrain(BackboneConfig(name="resnet18", weights="random"))
+    missing = BackboneConfig(name="resnet18", weights="imagenet", fallback="pretrain")
+    assert needs_pretrain(missing)  # no ImageNet file in the test environment
+    result = pretrain("resnet18", 3, TINY.model_copy(update={"steps": 1}))
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file(result.state, str(path))
+    loaded = create_backbone("resnet18", "imagenet", 3, "pretrain", path, "pretrain:y")
+    assert loaded.fell_back and loaded.weights_source.startswith("pretrain:y (fallback: ")
+    with pytest.raises(Exception, match="pretrain stage"):
+        create_backbone("resnet18", "pretrain", 3)
+
+
+def test_cli_pretrains_then_reuses(tmp_path):
+    args = [sys.executable, "-m", "cad", "pretrain", "lenet5", "--set", "pretrain.steps=2"]
+    args += ["--set", "pretrain.batch_size=4", "--set", "pretrain.size=32"]
+    first = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "trained in" in first.stdout + first.stderr
+    second = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "reused" in second.stdout + second.stderr
+    (entry,) = cache_root().glob("lenet5-*")
+    record = json.loads((entry / "pretrain.json").read_text())
+    assert record["steps"] == 2 and record["classes"] == 80
+    assert set(load_file(str(entry / "weights.safetensors"))) == set(
+        create_backbone("lenet5", "random", 3).model.state_dict()
+    )
