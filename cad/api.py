@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cad.artifacts.summary import RunDir
-from cad.config import PipelineConfig, dump_config
+from cad.config import PipelineConfig, dump_config, redact_paths
 from cad.errors import ConfigError, WeightsError, did_you_mean, look_up_option
 from cad.phi import Pseudonymizer, load_secret
 from cad.pipeline.executors import EXECUTORS, RayOptions, run_graph
@@ -85,7 +85,8 @@ def run_pipeline(
     started = time.time()
     force = check_force(force)
     preflight(cfg)
-    run_dir.file(RunDir.CONFIG).write_text(dump_config(cfg))
+    # input paths become short hashes: a path can name a patient or a hospital
+    run_dir.file(RunDir.CONFIG).write_text(dump_config(redact_paths(cfg)))
     secret = load_secret(run_dir.root)
     fingerprint = Pseudonymizer(secret).key("secret", "fingerprint")
     factory = functools.partial(pipeline_graph, cfg, fingerprint, tuple(only))

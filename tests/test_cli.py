@@ -158,7 +158,8 @@ def _check_list():
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert {"vgg16", "inception_v3", "resnet50", "lenet5", "hybridsn", "googlenet"} <= set(rows)
     assert rows["resnet50"]["pretrained"] and not rows["lenet5"]["pretrained"]
-    assert rows["resnet50"]["nodes"] == 5 and rows["resnet50"]["gflops"] > 3
+    assert rows["resnet50"]["nodes"] == 5
+    assert rows["resnet50"]["gflops"] is None  # nothing is built without --verbose
 
 
 def test_tables_sent_to_a_pipe_keep_names_whole():

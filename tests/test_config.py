@@ -17,7 +17,7 @@ def test_every_pipeline_validates():
 def test_main_pipeline_includes_fragments():
     cfg = load_config(ROOT / "pipelines/breast_mri.yaml")
     assert [b.name for b in cfg.backbones] == ["vgg16", "inception_v3", "resnet50"]
-    assert all(b.weights == "imagenet" and b.fallback == "random" for b in cfg.backbones)
+    assert all(b.weights == "imagenet" and b.fallback == "pretrain" for b in cfg.backbones)
     assert cfg.augment.mode == "offline" and cfg.augment.copies == 1
 
 

@@ -128,15 +128,37 @@ def test_summary_matches_mlflow(smoke):
     assert tracking["ok"], tracking["failures"]
     client = MlflowClient(tracking["uri"])
     parent = client.get_run(tracking["parent_run_id"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.params["finetune.epochs"] == "1"
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.md", "comparison.csv", "layer_f1_comparison.png"} <= parent_files
+    deepest = max(create_backbone("resnet18").spec.node_depths)
     for r in summary["results"]:
         run = client.get_run(r["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == tracking["parent_run_id"]
         assert run.data.tags["finetune_node"] == r["nodes"]["finetune"]
+        assert run.data.params["finetune.epochs"] == "1"  # the full config, not 5 params
+        assert run.data.params["backbones.0.name"] == r["backbone"]
         assert run.data.metrics["test_f1"] == pytest.approx(r["test"]["f1"]["value"])
+        assert run.data.metrics["probe_f1_best"] == pytest.approx(r["probe"]["finetune_f1"])
+        assert run.data.metrics["probe_chance_f1"] == pytest.approx(
+            r["probe"]["chance_f1_all_positive"]
+        )
         steps = client.get_metric_history(run.info.run_id, "probe_f1")
-        assert sorted(m.step for m in steps) == sorted(s["depth"] for s in r["layer_scores"])
+        expected = [round(100 * s["depth"] / deepest) for s in r["layer_scores"]]
+        assert sorted(m.step for m in steps) == sorted(expected)
+        assert all(0 <= m.step <= 100 for m in steps)
+        chain_wall = sum(
+            s["wall_s"] for s in summary["stages"] if s["label"].endswith(f"r{r['round']}]")
+        )
+        took = (run.info.end_time - run.info.start_time) / 1000
+        assert took >= chain_wall * 0.9  # the chain's real duration, not the logging time
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"layer_f1.png", "probe_nodes.json", "model"} <= files
     alias = client.get_model_version_by_alias("cad-smoke", "champion")
+    assert alias.tags["backbone"] == summary["best"]["backbone"]
+    assert alias.tags["round"] == str(summary["best"]["round"])
     assert alias.run_id == next(
         r["mlflow_run_id"]
         for r in summary["results"]

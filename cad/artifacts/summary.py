@@ -28,6 +28,7 @@ class StageRecord(BaseModel):
     wall_s: float  # spent in this invocation (0 when reused)
     items: int
     built_wall_s: float  # what computing the artifact took when it ran
+    ended: float = 0.0  # when this invocation finished with it (Unix seconds)
 
 
 class ChainSummary(BaseModel):
@@ -105,6 +106,8 @@ class RunDir:
     SUMMARY = "summary.json"
     REPORT = "report.md"
     COMPARISON = "layer_f1_comparison.png"
+    COMPARISON_TABLE = "comparison.md"
+    COMPARISON_CSV = "comparison.csv"
     CONFIG = "config.resolved.yaml"
 
     def __init__(self, root: str | Path) -> None:

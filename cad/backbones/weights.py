@@ -273,25 +273,31 @@ def node_shapes(
     return {n: tuple(out[n].shape[1:]) for n in nodes}
 
 
-def describe(spec: BackboneSpec) -> dict[str, object]:
-    """Size, cost and weight availability of a backbone (built with random weights).
+def describe(spec: BackboneSpec, measure: bool = True) -> dict[str, object]:
+    """Size, cost and weight availability of a backbone.
 
-    ``gflops``: forward FLOPs at ``input_size``, batch 1, as counted by torch's
-    FlopCounterMode (2 per multiply-add). ``pretrained``: the spec has weights;
-    ``cached``: their file is in the local cache now.
+    ``measure`` builds the network (random weights) for ``params`` and ``gflops``: forward
+    FLOPs at ``input_size``, batch 1, as counted by torch's FlopCounterMode (2 per
+    multiply-add); without it both are None and nothing is built. ``pretrained``: the spec
+    has weights; ``cached``: their file is in the local cache now.
     """
-    model = spec.builder(spec.in_chans).eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size))
+    params: int | None = None
+    gflops: float | None = None
+    if measure:
+        model = spec.builder(spec.in_chans).eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size))
+        params = sum(p.numel() for p in model.parameters())
+        gflops = round(counter.get_total_flops() / 1e9, 3)
     loc = weights_location(spec)
     return {
         "name": spec.name,
         "family": spec.family,
         "source": spec.source,
         "description": spec.description,
-        "params": sum(p.numel() for p in model.parameters()),
-        "gflops": round(counter.get_total_flops() / 1e9, 3),
+        "params": params,
+        "gflops": gflops,
         "input_size": spec.input_size,
         "min_size": spec.min_size,
         "in_chans": spec.in_chans,

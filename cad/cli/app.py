@@ -88,10 +88,25 @@ def main(
 
 
 def register_score() -> None:
-    from cad.scoring.cli import score_command
+    from typer.core import TyperCommand
+
+    from cad.scoring.cli import merge_command, score_command
+
+    merge_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    merge_app.command()(handle_errors(merge_command))
+
+    class ScoreCommand(TyperCommand):
+        """``cad score DICOM_DIR ...``, and ``cad score merge ...`` as its sub-form (a
+        folder literally named merge is ``./merge``)."""
+
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            if args[:1] == ["merge"]:
+                command = typer.main.get_command(merge_app)
+                command.main(args[1:], prog_name="cad score merge")  # exits
+            return super().parse_args(ctx, args)
 
     def score(*args: Any, **kwargs: Any) -> Any:
         tune_process()
         return score_command(*args, **kwargs)
 
-    app.command("score")(handle_errors(functools.wraps(score_command)(score)))
+    app.command("score", cls=ScoreCommand)(handle_errors(functools.wraps(score_command)(score)))

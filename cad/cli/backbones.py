@@ -16,38 +16,47 @@ from cad.log import print_table
 @handle_errors
 def backbones_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also build each network: parameters and GFLOPs."),
+    ] = False,
 ) -> None:
-    """Every registered backbone: source, parameters, GFLOPs, pretrained weights, nodes."""
+    """Every registered backbone: source, input size, ImageNet weights (and whether their
+    file is cached here), candidate nodes; with --verbose parameters and GFLOPs too (this
+    builds every network, about a minute)."""
     from cad.backbones import describe, list_specs
+    from cad.log import progress
 
-    rows = [describe(spec) for spec in list_specs()]
+    specs = list_specs()
+    rows = []
+    with progress("measuring backbones", len(specs) if verbose else 0, "nets") as advance:
+        for spec in specs:
+            rows.append(describe(spec, measure=verbose))
+            advance(1)
     if as_json:
         print(json.dumps(rows, indent=1))
         return
     table = Table(title="cad backbones")
-    for column in (
-        "name",
-        "source",
-        "params (M)",
-        "GFLOPs",
-        "input",
-        "pretrained",
-        "cached",
-        "nodes",
-    ):
-        table.add_column(column)
+    columns = ["name", "source", "input", "ImageNet weights", "cached", "nodes"]
+    if verbose:
+        columns[2:2] = ["params (M)", "GFLOPs"]
+    for column in columns:
+        table.add_column(column, no_wrap=True)
     for r in rows:
-        table.add_row(
-            r["name"],
-            r["source"],
-            f"{r['params'] / 1e6:.1f}",
-            f"{r['gflops']:.2f}",
+        cells = [
+            str(r["name"]),
+            str(r["source"]),
             str(r["input_size"]),
             "yes" if r["pretrained"] else "no",
             "yes" if r.get("cached") else "no",
             str(r["nodes"]),
-        )
+        ]
+        if verbose:
+            cells[2:2] = [f"{int(r['params']) / 1e6:.1f}", f"{float(r['gflops']):.2f}"]
+        table.add_row(*cells)
     print_table(table)
+    if not verbose:
+        print("parameters and GFLOPs: cad backbones list --verbose")
 
 
 @backbones_app.command("inspect")

@@ -110,4 +110,12 @@ def run(
         )
     console.print(f"report: {workdir / 'report.md'}\nsummary: {workdir / 'summary.json'}")
     if tracking is not None and tracking.ok:
-        console.print(f"MLflow UI: mlflow ui --backend-store-uri {tracking.uri}")
+        import shutil
+        import sys
+
+        # the mlflow next to this interpreter (often only in .venv/bin, not on PATH)
+        beside = Path(sys.executable).with_name("mlflow")
+        mlflow = (
+            "mlflow" if shutil.which("mlflow") == str(beside) or not beside.exists() else beside
+        )
+        console.print(f"MLflow UI: {mlflow} ui --backend-store-uri {tracking.uri}", soft_wrap=True)

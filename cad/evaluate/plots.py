@@ -202,8 +202,10 @@ def plot_layer_comparison(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
     title: str = "Layer F1 by relative depth",
+    chance: float | None = None,
 ) -> Path:
-    """Overlay layer-F1 curves of several backbones against relative depth (0..1)."""
+    """Overlay layer-F1 curves of several backbones against relative depth (0..1), each
+    curve's best node starred, and the chance F1 (calling every slice positive) dashed."""
     fig = _new_figure(6.0, 4.5)
     ax = fig.add_subplot()
     for label, (fractions, means) in curves.items():
@@ -213,6 +215,8 @@ def plot_layer_comparison(
         if y.size and np.isfinite(y).any():
             best = int(np.nanargmax(y))
             ax.plot(x[best], y[best], marker="*", ms=12, color=line.get_color(), ls="none")
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance (all positive) {chance:.2f}")
     ax.set(
         xlim=(0, 1), ylim=(0, 1.02), xlabel="relative depth of node", ylabel="CV F1", title=title
     )

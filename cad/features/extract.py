@@ -44,7 +44,9 @@ def pool(tensor: torch.Tensor, modes: Sequence[str]) -> torch.Tensor:
 def multi_node_extractor(model: nn.Module, nodes: Sequence[str]) -> torch.fx.GraphModule:
     """A graph module returning ``{node: tensor}`` for every node, traced in eval mode."""
     model.eval()
-    extractor = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+    extractor = create_feature_extractor(
+        model, return_nodes={n: n for n in nodes}, suppress_diff_warning=True
+    )
     return extractor.eval()
 
 

@@ -144,7 +144,7 @@ def cut_backbone(
     backbone.eval()
     nodes = {node: f"aux{i}" for i, node in enumerate(aux_nodes)}
     nodes |= {finetune_node: FINETUNE_KEY, connection_node: FEATURES_KEY}  # same node: features
-    return create_feature_extractor(backbone, return_nodes=nodes)
+    return create_feature_extractor(backbone, return_nodes=nodes, suppress_diff_warning=True)
 
 
 def frozen_module_names(body: fx.GraphModule) -> list[str]:

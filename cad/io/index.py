@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cad.errors import DataError
@@ -70,6 +70,18 @@ class FolderIndex:
     @property
     def side_files(self) -> int:
         return sum(not r.outcome.failed for r in self.rows)
+
+    def shard(self, k: int, n: int) -> FolderIndex:
+        """The K-th of N deterministic shards (1-based): the studies of the patients whose
+        key hashes to it (a patient is never split), and, in shard 1 only, the files that
+        belong to no study. The N shards together hold every file exactly once."""
+        mine = [t for t in self.studies if shard_of(t.patient, n) == k]
+        return replace(self, studies=mine, rows=self.rows if k == 1 else [])
+
+
+def shard_of(patient: str, n: int) -> int:
+    """Which of ``n`` shards (1-based) a patient key belongs to: stable across machines."""
+    return int.from_bytes(hashlib.sha256(patient.encode()).digest()[:8], "big") % n + 1
 
 
 def _header_chunk(paths: list[str], secret: bytes | None) -> list[tuple]:

@@ -84,6 +84,57 @@ def build_summary(result: RunResult, started: float) -> RunSummary:
     )
 
 
+def relative_depths(chain: ChainSummary) -> list[int]:
+    """Each scored node's depth as a percentage of its backbone's deepest candidate (0-100),
+    so that layer curves of different backbones line up (plots and MLflow steps)."""
+    from cad.backbones import get_spec
+
+    deepest = max(get_spec(chain.backbone).node_depths)
+    return [round(100 * s.depth / deepest) for s in chain.layer_scores]
+
+
+def _interval(row: ChainSummary, metric: str, patient: bool = False) -> str:
+    m = (row.test_patient if patient else row.test)[metric]
+    return f"{m.value:.3f} [{m.low:.3f}, {m.high:.3f}]"
+
+
+def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
+    """One row per backbone and round: the at-a-glance table (markdown, CSV, MLflow)."""
+    return [
+        {
+            "backbone": c.backbone,
+            "round": str(c.round),
+            "weights": c.weights_source,
+            "fine-tuning node": c.nodes.finetune,
+            "probe F1": f"{c.probe.finetune_f1:.3f}",
+            "probe chance F1": f"{c.probe.chance_f1_all_positive:.3f}",
+            "connection node": c.nodes.connection,
+            "val F1": f"{c.val_f1:.3f}",
+            "test F1": _interval(c, "f1"),
+            "test chance F1": f"{c.test_chance.f1_all_positive:.3f}",
+            "test ROC AUC": _interval(c, "roc_auc"),
+            "patient ROC AUC": _interval(c, "roc_auc", patient=True),
+        }
+        for c in summary.results
+    ]
+
+
+def write_comparison(summary: RunSummary, workdir: RunDir) -> None:
+    import csv
+
+    rows = comparison_rows(summary)
+    if not rows:
+        return
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r[k] for k in head) + " |" for r in rows]
+    workdir.file(RunDir.COMPARISON_TABLE).write_text("\n".join(lines) + "\n")
+    with open(workdir.file(RunDir.COMPARISON_CSV), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=head)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def finish_run(result: RunResult, started: float, track: bool = True) -> RunSummary:
     """Write the summary, the comparison plot, MLflow (unless off) and the report."""
     from cad.evaluate.plots import plot_layer_comparison
@@ -93,12 +144,14 @@ def finish_run(result: RunResult, started: float, track: bool = True) -> RunSumm
     summary = build_summary(result, started)
     curves = {
         f"{c.backbone} r{c.round}": (
-            [i / max(len(c.layer_scores) - 1, 1) for i in range(len(c.layer_scores))],
+            [d / 100 for d in relative_depths(c)],
             [s.f1_mean for s in c.layer_scores],
         )
         for c in summary.results
     }
-    plot_layer_comparison(curves, workdir.file(RunDir.COMPARISON))
+    chance = max((c.probe.chance_f1_all_positive for c in summary.results), default=None)
+    plot_layer_comparison(curves, workdir.file(RunDir.COMPARISON), chance=chance)
+    write_comparison(summary, workdir)
     if track and result.config.tracking.enabled:
         from cad.pipeline.mlflow_log import log_run
 

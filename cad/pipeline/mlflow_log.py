@@ -1,9 +1,14 @@
 """Log a finished run to MLflow: one parent run, a child per backbone and round.
 
 Every child logs the same metric names so the MLflow UI overlays them: ``probe_f1`` with
-step = node depth (layer curves), ``train_loss``/``val_loss``/``val_f1`` with step = epoch,
-and ``test_<metric>`` (+ ``_low``/``_high`` interval bounds). Tracking never kills work:
-failures are recorded in the summary and the report, artifacts stay on disk.
+step = relative depth 0-100 (so layer curves of different backbones line up; the nodes are
+in the logged table ``probe_nodes.json``), ``probe_f1_best`` and ``probe_chance_f1``,
+``train_loss``/``val_loss``/``val_f1`` with step = epoch, and ``test_<metric>`` (+
+``_low``/``_high`` interval bounds, ``test_chance_f1``). Children carry their chain's real
+start and end times and the full resolved config (their own backbone entry); plots sit at
+the run's artifact root so the compare view lines them up. The parent holds the comparison
+table (markdown and CSV) and the overlaid layer curves. Tracking never kills work: failures
+are recorded in the summary and the report, artifacts stay on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from cad import __version__
 from cad.artifacts.summary import ChainSummary, RunDir, RunSummary, TrackingSummary
 from cad.config import dump_config, flatten_params, redact_paths
 from cad.evaluate.metrics import METRICS
+from cad.pipeline.finish import relative_depths
 from cad.pipeline.result import ChainArtifacts, RunResult
 from cad.tracking import Tracker, default_tracking_uri, redact_uri
 
@@ -34,16 +40,43 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _chain_times(result: RunResult, chain: ChainArtifacts) -> tuple[float | None, float | None]:
+    """When the chain's first stage started and its last ended in this invocation."""
+    suffix = f"[{chain.backbone} r{chain.round}]"
+    mine = [r for r in result.records if r.label.endswith(suffix) and r.ended]
+    if not mine:
+        return None, None
+    return min(r.ended - r.wall_s for r in mine), max(r.ended for r in mine)
+
+
+def _chain_params(result: RunResult, info: ChainSummary) -> dict[str, str]:
+    """The full resolved config with this chain's backbone entry in place of the list."""
+    cfg = result.config
+    (backbone,) = [b for b in cfg.backbones if b.name == info.backbone]
+    own = cfg.model_copy(update={"backbones": (backbone,)})
+    return {
+        **flatten_params(own),
+        "backbone": info.backbone,
+        "round": str(info.round),
+        "finetune_node": info.nodes.finetune,
+        "connection_node": info.nodes.connection,
+        "threshold": f"{info.threshold:.6f}",
+    }
+
+
 def _log_chain(
     tracker: Tracker,
     parent: str | None,
+    result: RunResult,
     chain: ChainArtifacts,
     info: ChainSummary,
     base_tags: dict[str, str],
 ) -> str | None:
+    start, end = _chain_times(result, chain)
     run = tracker.start_run(
         info.title,
         parent_id=parent,
+        start_time=start,
         tags={
             **base_tags,
             "backbone": info.backbone,
@@ -53,19 +86,23 @@ def _log_chain(
             "finetune_node": info.nodes.finetune,
             "connection_node": info.nodes.connection,
         },
-        params={
-            "backbone": info.backbone,
-            "round": str(info.round),
-            "finetune_node": info.nodes.finetune,
-            "connection_node": info.nodes.connection,
-            "threshold": f"{info.threshold:.6f}",
-        },
+        params=_chain_params(result, info),
     )
     if run is None:
         return None
-    scores = info.layer_scores
-    tracker.log_metric_steps(
-        run, "probe_f1", [s.f1_mean for s in scores], [s.depth for s in scores]
+    scores, steps = info.layer_scores, relative_depths(info)
+    tracker.log_metric_steps(run, "probe_f1", [s.f1_mean for s in scores], steps)
+    tracker.log_table(
+        run,
+        {
+            "relative_depth": steps,
+            "node": [s.node for s in scores],
+            "depth": [s.depth for s in scores],
+            "f1_mean": [s.f1_mean for s in scores],
+            "f1_std": [s.f1_std for s in scores],
+            "chosen": [s.node == info.nodes.finetune for s in scores],
+        },
+        "probe_nodes.json",
     )
     history = chain.finetune.history()
     epochs = [int(h["epoch"]) for h in history]
@@ -79,16 +116,22 @@ def _log_chain(
         )
     tracker.log_metrics(run, test)
     tracker.log_metrics(
-        run, {"val_f1_best": info.val_f1, "trainable_params": info.trainable_params}
+        run,
+        {
+            "val_f1_best": info.val_f1,
+            "trainable_params": info.trainable_params,
+            "probe_f1_best": info.probe.finetune_f1,
+            "probe_chance_f1": info.probe.chance_f1_all_positive,
+            "test_chance_f1": info.test_chance.f1_all_positive,
+        },
     )
-    for path in (chain.probe.path / chain.probe.SCORES, chain.probe.plot):
-        tracker.log_artifact(run, path, "probe")
-    for path in (chain.finetune.path / chain.finetune.HISTORY, chain.finetune.curves):
-        tracker.log_artifact(run, path, "finetune")
-    for path in (chain.evaluate.path / chain.evaluate.METRICS, *chain.evaluate.plots()):
-        tracker.log_artifact(run, path, "evaluate")
+    for path in (chain.probe.plot, chain.finetune.curves, *chain.evaluate.plots()):
+        tracker.log_artifact(run, path)  # at the root: the compare view lines them up
+    tracker.log_artifact(run, chain.probe.path / chain.probe.SCORES, "tables")
+    tracker.log_artifact(run, chain.finetune.path / chain.finetune.HISTORY, "tables")
+    tracker.log_artifact(run, chain.evaluate.path / chain.evaluate.METRICS, "tables")
     tracker.log_artifacts(run, chain.finetune.package, "model")
-    tracker.end_run(run)
+    tracker.end_run(run, end_time=end)
     return run
 
 
@@ -113,10 +156,12 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
         redacted.parent.mkdir(parents=True, exist_ok=True)
         redacted.write_text(dump_config(redact_paths(cfg)))
         tracker.log_artifact(parent, redacted)
-        tracker.log_artifact(parent, result.workdir.file(RunDir.COMPARISON))
+        for name in (RunDir.COMPARISON, RunDir.COMPARISON_TABLE, RunDir.COMPARISON_CSV):
+            if result.workdir.file(name).is_file():
+                tracker.log_artifact(parent, result.workdir.file(name))
     runs: dict[str, str | None] = {}
     for chain, info in zip(result.chains, summary.results, strict=True):
-        run = _log_chain(tracker, parent, chain, info, base_tags)
+        run = _log_chain(tracker, parent, result, chain, info, base_tags)
         info.mlflow_run_id = run
         runs[f"{chain.backbone}/{chain.round}"] = run
     registered = None
@@ -125,6 +170,22 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
         best_run = runs.get(f"{best.backbone}/{best.round}")
         if best_run:
             registered = tracker.register_model(best_run, "model", cfg.tracking.register_name)
+        if registered:
+            (row,) = [
+                r for r in summary.results if (r.backbone, r.round) == (best.backbone, best.round)
+            ]
+            tracker.tag_model_version(
+                cfg.tracking.register_name,
+                registered,
+                {
+                    "backbone": row.backbone,
+                    "round": str(row.round),
+                    "weights_source": row.weights_source,
+                    "finetune_node": row.nodes.finetune,
+                    "connection_node": row.nodes.connection,
+                    "val_f1": f"{row.val_f1:.4f}",
+                },
+            )
     if parent is not None:
         tracker.log_metrics(parent, {"best_val_f1": max(r.val_f1 for r in summary.results)})
         tracker.end_run(parent)

@@ -133,5 +133,6 @@ class Runner:
                 wall_s=wall,
                 items=art.items,
                 built_wall_s=art.built_wall_s,
+                ended=time.time(),
             )
         )

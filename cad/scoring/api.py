@@ -83,6 +83,14 @@ def _check_paths(
             )
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise CadError(f"--shard '{text}': expected K/N with 1 <= K <= N, e.g. --shard 2/8")
+    return int(k), int(n)
+
+
 def default_errors_path(out: Path) -> Path:
     """``predictions.csv`` -> ``predictions.errors.csv``."""
     return out.with_name(f"{out.stem}.errors.csv")
@@ -100,13 +108,17 @@ def score_folder(
     cam_dir: str | Path | None = None,
     key_map: str | Path | None = None,
     tracking_uri: str | None = None,
+    shard: str | None = None,
     *,
     progress: bool = True,
     _on_commit: Callable[[int], None] | None = None,
 ) -> ScoreSummary:
     """Score every study below ``dicom_dir``; write predictions, errors and (opt.) key map.
 
-    ``workers`` decode studies in parallel (0: in this process). Raises CadError for
+    ``workers`` decode studies in parallel (0: in this process). ``shard="K/N"`` scores
+    only the K-th of N deterministic shards (by patient) and records each patient's byte
+    ranges, so that :func:`cad.scoring.merge.merge_shards` rebuilds exactly the files an
+    unsharded run writes. Raises CadError for
     usage and model problems; bad input files end up in the errors file, never raise.
     ``_on_commit(patients_done)`` is a test hook called after each finished patient.
     """
@@ -121,6 +133,7 @@ def score_folder(
     key_map = Path(key_map) if key_map is not None else None
     cam_dir = Path(cam_dir) if cam_dir is not None else None
     _check_paths(dicom_dir, out, errors, key_map, cam_dir)
+    shard_k, shard_n = parse_shard(shard) if shard is not None else (1, 1)
 
     with WorkerPool(workers, initializer=init_worker, preload=PRELOAD) as pool:
         pool.start()  # workers boot while the model loads
@@ -146,15 +159,20 @@ def score_folder(
         with progress_or_nothing(progress, "index", len(paths), "files") as advance:
             index = index_paths(paths, pool, secret, key_map is not None, advance)
         del paths
+        if shard is not None:
+            index = index.shard(shard_k, shard_n)
         fingerprint = {
             "model": pseudo.key("model", model_digest, 32),
             "folder": index.digest,
             "level": level,
             "key_map": key_map is not None,
             "cam": cam_dir is not None,
+            **({"shard": f"{shard_k}/{shard_n}"} if shard is not None else {}),
         }
         run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit)
-        summary = run.execute(index, pool, out, errors, key_map, fingerprint, resume, progress)
+        summary = run.execute(
+            index, pool, out, errors, key_map, fingerprint, resume, progress, shard is not None
+        )
     summary.seconds = time.perf_counter() - started
     summary.predictions, summary.errors_csv = str(out), str(errors)
     summary.key_map = str(key_map or "")

@@ -68,6 +68,13 @@ def score_command(
             "sqlite:///mlflow.db."
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Score only the K-th of N deterministic shards (by patient), e.g. 3/8; "
+            "join the N outputs with `cad score merge`."
+        ),
+    ] = None,
 ) -> None:
     """Score every DICOM study below DICOM_DIR with a trained model.
 
@@ -79,10 +86,10 @@ def score_command(
     Exit codes: 0 every study was scored (other series only skipped); 1 some files were
     not scored (see the errors CSV), the rest were; 2 usage or model error (nothing was
     scored).
-    """
-    from rich.table import Table
 
-    from cad.log import console, print_table
+    `cad score merge --out predictions.csv shard1.csv ... shardN.csv` joins the outputs of
+    N `--shard K/N` runs into exactly the files one unsharded run writes.
+    """
     from cad.scoring.api import score_folder
 
     summary = score_folder(
@@ -97,7 +104,17 @@ def score_command(
         cam_dir=cam,
         key_map=key_map,
         tracking_uri=tracking_uri,
+        shard=shard,
     )
+    _print_summary(summary, cam is not None, key_map is not None)
+    raise typer.Exit(summary.exit_code)
+
+
+def _print_summary(summary, cam: bool, key_map: bool) -> None:
+    from rich.table import Table
+
+    from cad.log import console, print_table
+
     table = Table(title="cad score")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -109,7 +126,7 @@ def score_command(
         ("files skipped (other series)", summary.skipped),
     ]
     rows += [(f"not scored: {outcome}", n) for outcome, n in summary.errors.items()]
-    if cam is not None:
+    if cam:
         rows.append(("heat maps", summary.cams))
     for name, value in rows:
         table.add_row(name, str(value))
@@ -118,4 +135,29 @@ def score_command(
         f"predictions: {summary.predictions}\nerrors: {summary.errors_csv}"
         + (f"\nkey map (PHI, keep private): {summary.key_map}" if key_map else "")
     )
+
+
+def merge_command(
+    shards: Annotated[
+        list[Path], typer.Argument(help="The predictions CSV of every shard (any order).")
+    ],
+    out: Annotated[Path, typer.Option(help="Merged predictions CSV.")],
+    errors: Annotated[
+        Path | None, typer.Option(help="Merged errors CSV. Default: <out stem>.errors.csv.")
+    ] = None,
+    key_map: Annotated[
+        Path | None, typer.Option(help="Merged key map (PHI), from --shard-key-map files.")
+    ] = None,
+    shard_key_map: Annotated[
+        list[Path] | None,
+        typer.Option(help="Each shard's key map, in the order of SHARDS (repeatable)."),
+    ] = None,
+) -> None:
+    """Join the outputs of `cad score --shard K/N` runs (K = 1..N) into exactly the files
+    an unsharded run writes: predictions, errors (found next to each shard's predictions as
+    <stem>.errors.csv) and, with --key-map, the key map."""
+    from cad.scoring.merge import merge_shards
+
+    summary = merge_shards(list(shards), out, errors, shard_key_map, key_map)
+    _print_summary(summary, False, key_map is not None)
     raise typer.Exit(summary.exit_code)

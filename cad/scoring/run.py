@@ -66,8 +66,9 @@ class Run:
         fingerprint: dict,
         resume: bool,
         show_progress: bool,
+        segments: bool = False,
     ) -> ScoreSummary:
-        outputs = Outputs(out, errors, key_map, fingerprint, resume)
+        outputs = Outputs(out, errors, key_map, fingerprint, resume, segments)
         try:
             summary = self._execute(index, pool, outputs, key_map is not None, show_progress)
         finally:

@@ -37,11 +37,17 @@ PREDICTION_COLUMNS = (
 )
 ERROR_COLUMNS = ("file", "outcome", "reason")
 KEY_MAP_COLUMNS = ("pseudonym", "identifier_kind", "identifier")
+SEGMENT_COLUMNS = ("patient", "predictions", "errors", "key_map")  # end offsets after it
 SIDECAR_FORMAT = "cad-score-progress/1"
 
 
 def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".progress.json")
+
+
+def segments_path(out: Path) -> Path:
+    """A shard's byte ranges per patient, what ``cad score merge`` interleaves."""
+    return out.with_name(out.name + ".segments.csv")
 
 
 def csv_bytes(rows: Iterable[Sequence[Any]]) -> bytes:
@@ -71,10 +77,13 @@ class Outputs:
         key_map: Path | None,
         fingerprint: dict[str, Any],
         resume: bool,
+        segments: bool = False,
     ) -> None:
         self.paths = {"predictions": predictions, "errors": errors}
         if key_map is not None:
             self.paths["key_map"] = key_map
+        if segments:  # a shard: record where each patient's rows end in every file
+            self.paths["segments"] = segments_path(predictions)
         self.sidecar = sidecar_path(predictions)
         self.fingerprint = fingerprint
         self.state = State()
@@ -141,6 +150,7 @@ class Outputs:
             "predictions": PREDICTION_COLUMNS,
             "errors": ERROR_COLUMNS,
             "key_map": KEY_MAP_COLUMNS,
+            "segments": SEGMENT_COLUMNS,
         }
         for name, path in self.paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +176,14 @@ class Outputs:
         for name, handle in self.files.items():
             handle.flush()  # enough for a killed process; after a power cut the length
             offsets[name] = handle.tell()  # check in _reopen catches a lost tail
+        segments = self.files.get("segments")
+        new_header = state.header_done and not self.state.header_done
+        if segments is not None and (new_header or state.patients_done > self.state.patients_done):
+            patient = state.last_patient if state.patients_done else ""  # "": the header
+            ends = [offsets.get(name, 0) for name in SEGMENT_COLUMNS[1:]]
+            segments.write(csv_bytes([(patient, *ends)]))
+            segments.flush()
+            offsets["segments"] = segments.tell()
         self.state = state
         record = {
             "format": SIDECAR_FORMAT,

@@ -56,6 +56,10 @@ _TRUNCATED = "...[truncated]"
 _FAILED: Any = object()  # sentinel: the guarded call failed or was skipped
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick its views
+TRAINING = "custom_model_development"
+
+
 def redact_uri(uri: str) -> str:
     """The URI without user:password (safe for logs and reports)."""
     parts = urlsplit(uri)
@@ -199,11 +203,18 @@ class Tracker:
             db = _sqlite_path(self._uri)  # keep local artifacts next to the db, not in cwd
             location = (db.parent / "mlartifacts").as_uri() if db is not None else None
             try:
-                return client.create_experiment(self.experiment, artifact_location=location)
+                return client.create_experiment(
+                    self.experiment,
+                    artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: TRAINING},
+                )
             except MlflowException as exc:  # created concurrently by another process
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 found = client.get_experiment_by_name(self.experiment)
+        if found is not None and found.lifecycle_stage == "active":
+            if EXPERIMENT_KIND_TAG not in (found.tags or {}):  # the UI opens on training runs
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING)
         if found is None or found.lifecycle_stage != "active":
             self._fail(
                 "experiment",
@@ -229,16 +240,24 @@ class Tracker:
         parent_id: str | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
+        start_time: float | None = None,
     ) -> str | None:
-        """Create a run (a child of ``parent_id`` if given); its id, or None if tracking is off."""
+        """Create a run (a child of ``parent_id`` if given) that started at ``start_time``
+        (Unix seconds; default now); its id, or None if tracking is off."""
         experiment_id = self.experiment_id
         if experiment_id is None or self._client is None:
             return None
         run_tags = {clean_key(k): _clip(v, MAX_TAG_LENGTH) for k, v in (tags or {}).items()}
         if parent_id is not None:
             run_tags[PARENT_TAG] = parent_id
+        start_ms = None if start_time is None else int(start_time * 1000)
         run = self._call(
-            "start_run", self._client.create_run, experiment_id, run_name=name, tags=run_tags
+            "start_run",
+            self._client.create_run,
+            experiment_id,
+            start_time=start_ms,
+            run_name=name,
+            tags=run_tags,
         )
         if run is _FAILED:
             return None
@@ -246,14 +265,17 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
-        """Mark the run FINISHED, FAILED or KILLED."""
+    def end_run(
+        self, run_id: str | None, status: str = "FINISHED", end_time: float | None = None
+    ) -> None:
+        """Mark the run FINISHED, FAILED or KILLED (at ``end_time``, Unix seconds; default now)."""
         if not self._usable(run_id):
             return
         if status.upper() not in RUN_STATUSES:
             self._fail("end_run", f"status '{status}' is not one of {', '.join(RUN_STATUSES)}")
             status = "FAILED"
-        self._call("end_run", self._client.set_terminated, run_id, status.upper())
+        end_ms = None if end_time is None else int(end_time * 1000)
+        self._call("end_run", self._client.set_terminated, run_id, status.upper(), end_ms)
 
     # -- params, tags, metrics
 
@@ -355,6 +377,19 @@ class Tracker:
         )
         client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+    def log_table(self, run_id: str | None, table: Mapping[str, list], artifact_file: str) -> None:
+        """A table the MLflow UI shows as one (``MlflowClient.log_table``)."""
+        if self._usable(run_id):
+            self._call("log_table", self._client.log_table, run_id, dict(table), artifact_file)
+
+    def tag_model_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        if self._client is None:
+            return
+        for key, value in tags.items():
+            self._call(
+                "tag_model_version", self._client.set_model_version_tag, name, version, key, value
+            )
 
     def register_model(
         self, run_id: str | None, artifact_path: str, name: str, alias: str = "champion"

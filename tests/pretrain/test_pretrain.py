@@ -140,3 +140,33 @@ def test_cli_pretrains_then_reuses(tmp_path):
     assert set(load_file(str(entry / "weights.safetensors"))) == set(
         create_backbone("lenet5", "random", 3).model.state_dict()
     )
+
+
+def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    """A real SIGKILL after the first checkpoint: the rerun resumes, and its weights equal
+    those of a run that was never interrupted (in another cache)."""
+    import os
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "cad", "pretrain", "resnet18"]
+    for item in ("steps=8", "batch_size=4", "size=32", "runtime.checkpoint_every=2"):
+        args += ["--set", f"pretrain.{item}"]
+    killed_cache, whole_cache = tmp_path / "killed", tmp_path / "whole"
+    env = {**os.environ, "CAD_CACHE": str(killed_cache)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = None
+    while proc.poll() is None and checkpoint is None:
+        checkpoint = next(killed_cache.glob("pretrained/.*.partial/checkpoints/last.*"), None)
+        time.sleep(0.05)
+    assert checkpoint is not None, "the run finished before its first checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(killed_cache.glob("pretrained/resnet18-*"))  # nothing published
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+    assert "resuming at step" in rerun.stdout + rerun.stderr
+    env["CAD_CACHE"] = str(whole_cache)
+    subprocess.run(args, env=env, capture_output=True, check=True)
+    (killed,) = killed_cache.glob("pretrained/resnet18-*/pretrain.json")
+    (whole,) = whole_cache.glob("pretrained/resnet18-*/pretrain.json")
+    assert json.loads(killed.read_text())["sha256"] == json.loads(whole.read_text())["sha256"]
