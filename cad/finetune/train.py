@@ -103,6 +103,7 @@ def train(
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     result = TrainResult(used_prefix_cache=halves is not None)
 
+    transform = None
     if halves is not None:
         prefix, suffix = halves
         model.eval()
@@ -153,6 +154,8 @@ def train(
         if stale >= cfg.patience:
             break
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks depend only on the epoch
+        if transform is not None:  # so do online augmentations: a resumed epoch is the same
+            transform.set_random_state(seed=cfg.seed * 1000 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(epoch, cfg)
