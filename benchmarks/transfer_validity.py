@@ -187,6 +187,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, dict]
     out: dict[str, dict] = {}
     workdir = root / f"seed{seed}"
     for arm, spec in ARMS.items():
+        if args.arms and arm not in args.arms and arm != "histogram + LR":
+            continue
         start = time.perf_counter()
         overrides = base_overrides(args, seed)
         weights = "random" if spec is None else spec["weights"]
@@ -223,6 +225,8 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
     head = "| arm | slice F1 | slice ROC AUC | patient F1 | patient ROC AUC | nodes per seed |"
     lines = [head, "|---|---|---|---|---|---|"]
     for arm in ARMS:
+        if arm not in per_seed[seeds[0]]:
+            continue
         rows = [per_seed[s][arm] for s in seeds]
         cells = [
             _mean_sd([r[level][m]["value"] for r in rows])
@@ -249,6 +253,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra config overrides")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--arms", nargs="+", default=[], help="only these arms (and the baseline)")
+    parser.add_argument("--name", default=None, help="result file name (default by --quick)")
     args = parser.parse_args()
     if args.patients < 60 and not args.quick:
         parser.error("--patients: at least 60 (the validity bar); use --quick for a smoke run")
@@ -258,7 +264,7 @@ def main() -> None:
     per_seed = {seed: run_seed(args, seed, root) for seed in args.seeds}
     text = table(per_seed)
     print(text)
-    name = "transfer_validity_quick" if args.quick else "transfer_validity"
+    name = args.name or ("transfer_validity_quick" if args.quick else "transfer_validity")
     write_result(
         name,
         {
