@@ -212,6 +212,7 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
         "fp32": lambda: fp32_script(model, nodes, images, normalize, bs),
     }
     compile_s = {}
+    precision_of = {"cad": "bf16" if runtime.amp_dtype is not None else "fp32", "fp32": "fp32"}
     for variant in variants:
         tokens = set(variant.split("+"))
         threads = next((int(t[1:]) for t in tokens if t[0] == "t" and t[1:].isdigit()), None)
@@ -226,6 +227,7 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
         vbs = next((int(t[1:]) for t in tokens if t[0] == "b" and t[1:].isdigit()), bs)
         amp = None if "cadfp32" in tokens else runtime.amp_dtype  # extract.precision: fp32
         vrt = Runtime(runtime.device, amp, "nocl" not in tokens)
+        precision_of[variant] = "fp32" if amp is None else "bf16"
         if "compile" in tokens and "cadcompile" not in tokens:
             start = time.perf_counter()
             fn = compiled_extractor(model, nodes, normalize, vrt, vbs, images.shape[1:])
@@ -257,7 +259,7 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
     }
     for side, t in times.items():
         ips_best, ips_median = n / t.best, n / t.median
-        precision = "fp32" if side.startswith("fp32") or "cadfp32" in side else "bf16"
+        precision = precision_of.get(side, "fp32")  # the limit of the precision it ran in
         gflops = flops * ips_best / 1e9
         per_cpu = flops * n / t.cpu_best / 1e9
         result["sides"][side] = {
@@ -265,6 +267,7 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
             "images_per_s_best": ips_best,
             "images_per_s_median": ips_median,
             "gflops_best": gflops,
+            "precision": precision,
             "pct_of_limit": 100 * gflops / limit.best(precision),
             "images_per_cpu_s_best": n / t.cpu_best,
             "gflop_per_cpu_s_best": per_cpu,
