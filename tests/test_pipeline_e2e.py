@@ -53,6 +53,11 @@ def test_summary_and_report_are_written(smoke):
             "npv",
         }
         assert r["test"]["f1"]["low"] <= r["test"]["f1"]["value"] <= r["test"]["f1"]["high"]
+        assert r["calibration"] == "temperature"  # fitted on validation, carried by the package
+        assert 0 <= r["test_operating"]["ece"] <= 1 and 0 <= r["test_operating"]["brier"] <= 1
+        evaluate = workdir / "artifacts" / f"evaluate-{r['artifacts']['evaluate']}"
+        assert (evaluate / "reliability.png").is_file()
+        assert (evaluate / "decision_curve.png").is_file()
         assert (workdir / r["model_dir"] / "model.safetensors").is_file()
         assert Path(r["model_dir_abs"]).samefile(workdir / r["model_dir"])
     optional = {"denoise"}  # the smoke pipeline does not denoise

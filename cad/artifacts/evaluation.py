@@ -39,6 +39,8 @@ class LevelResult(BaseModel):
     positives: int
     chance: ChanceLevels
     metrics: dict[str, Interval]  # every name of cad.evaluate.metrics.METRICS
+    # ece, brier, sensitivity_at_specificity_0.90, specificity_at_sensitivity_0.90
+    operating: dict[str, float] = {}
 
 
 class EvaluationMetrics(BaseModel):
@@ -46,6 +48,7 @@ class EvaluationMetrics(BaseModel):
     slice: LevelResult
     patient: LevelResult
     flags: list[str] = []  # what a reader must not miss, e.g. sensitivity below 0.5
+    calibration: str = "none"  # how the probabilities were calibrated (on validation)
 
     @property
     def metrics(self) -> dict[str, Interval]:
@@ -64,12 +67,15 @@ class Evaluation(Artifact):
     ROC = "roc.png"
     PR = "pr.png"
     CONFUSION = "confusion.png"
+    RELIABILITY = "reliability.png"
+    DECISION = "decision_curve.png"
 
     def metrics(self) -> EvaluationMetrics:
         return read_model(EvaluationMetrics, self.path / self.METRICS)
 
     def plots(self) -> list[Path]:
-        return [self.path / name for name in (self.ROC, self.PR, self.CONFUSION)]
+        names = (self.ROC, self.PR, self.CONFUSION, self.RELIABILITY, self.DECISION)
+        return [self.path / name for name in names if (self.path / name).is_file()]
 
     def predictions(self) -> list[dict[str, str]]:
         with open(self.path / self.PREDICTIONS, newline="") as handle:
@@ -78,6 +84,10 @@ class Evaluation(Artifact):
     @classmethod
     def plot_paths(cls, out: Path) -> tuple[Path, Path, Path]:
         return out / cls.ROC, out / cls.PR, out / cls.CONFUSION
+
+    @classmethod
+    def calibration_plot_paths(cls, out: Path) -> tuple[Path, Path]:
+        return out / cls.RELIABILITY, out / cls.DECISION
 
     @classmethod
     def write(

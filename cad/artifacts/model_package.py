@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cad import __version__
@@ -35,10 +36,35 @@ class Nodes(BaseModel):
     connection: str
 
 
+CALIBRATION_EPS = 1e-6
+
+
 class HeadSpec(BaseModel):
     hidden: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     pool: Literal["avg", "max", "avgmax"] = "avg"
+
+
+class Calibration(BaseModel):
+    """How raw probabilities become calibrated ones: ``method`` temperature (one number)
+    or isotonic (the fitted step function's knots)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    method: str
+    temperature: float = 1.0
+    knots_x: list[float] = []
+    knots_y: list[float] = []
+
+    def apply(self, prob: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(prob, dtype=np.float64), CALIBRATION_EPS, 1 - CALIBRATION_EPS)
+        if self.method == "temperature":
+            out = 1 / (1 + np.exp(-np.log(p / (1 - p)) / self.temperature))
+        elif self.method == "isotonic":
+            out = np.interp(p, self.knots_x, self.knots_y)
+        else:
+            out = p
+        return out.astype(np.float32)
 
 
 class DenoiserSpec(BaseModel):
@@ -77,6 +103,7 @@ class ModelMeta(BaseModel):
     best_epoch: int
     best_val_f1: float
     denoiser: DenoiserSpec | None = None
+    calibration: Calibration | None = None  # fitted on the validation patients; None: raw
 
     @field_validator("classes")
     @classmethod

@@ -50,6 +50,9 @@ class ChainSummary(BaseModel):
     test_chance: ChanceLevels
     test_patient: dict[str, Interval]  # a patient is positive if any slice is
     test_patient_chance: ChanceLevels
+    calibration: str = "none"  # fitted on validation: temperature, isotonic or none
+    test_operating: dict[str, float] = {}  # ECE, Brier, sensitivity at 0.90 specificity, ...
+    test_patient_operating: dict[str, float] = {}
     flags: list[str] = []
     model_dir: str  # relative to the workdir
     model_dir_abs: str

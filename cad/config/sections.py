@@ -252,6 +252,11 @@ class FinetuneConfig(Section):
     scheduler: Literal["none", "cosine"] = "cosine"
     loss: Literal["weighted", "plain"] = "plain"
     patience: int = Field(3, ge=1, description="early stopping on validation F1")
+    calibration: Literal["temperature", "isotonic", "none"] = Field(
+        "temperature",
+        description="fitted on the validation patients; the package carries it, cad score and "
+        "evaluate report calibrated probabilities",
+    )
     precision: Precision = "auto"
     channels_last: bool = Field(
         True, description="memory layout in training (a result field: bf16 gradients differ)"

@@ -44,14 +44,45 @@ def _two_classes(y_true: np.ndarray) -> bool:
     return np.unique(y_true).size == 2
 
 
-def plot_roc(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str) -> Path:
-    """ROC curve with its AUC; a note instead of a curve when only one class is present."""
+def roc_band(
+    y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 200, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FPR grid, 2.5% and 97.5% TPR) over patient-bootstrap resamples of the ROC curve."""
+    grid = np.linspace(0, 1, 101)
+    keys, index = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(keys), len(keys))
+        rows = np.concatenate([np.flatnonzero(index == k) for k in chosen])
+        if len(np.unique(y[rows])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y[rows], p[rows])
+        curves.append(np.interp(grid, fpr, tpr))
+    if not curves:
+        return grid, grid * np.nan, grid * np.nan
+    stacked = np.asarray(curves)
+    return grid, np.percentile(stacked, 2.5, axis=0), np.percentile(stacked, 97.5, axis=0)
+
+
+def plot_roc(
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    path: str | Path,
+    title: str,
+    groups: ArrayLike | None = None,
+) -> Path:
+    """ROC curve with its AUC (and a 95% patient-bootstrap band when ``groups`` are given);
+    a note instead of a curve when only one class is present."""
     y, p = np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=float).ravel()
     fig = _new_figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
     if _two_classes(y):
         fpr, tpr, _ = roc_curve(y, p)
+        if groups is not None:
+            grid, low, high = roc_band(y, p, np.asarray(groups).ravel())
+            ax.fill_between(grid, low, high, alpha=0.25, label="95% patient bootstrap")
         ax.plot(fpr, tpr, lw=2, label=f"AUC = {roc_auc_score(y, p):.3f}")
     else:
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center", va="center")
@@ -223,4 +254,46 @@ def plot_layer_comparison(
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str, bins: int = 10
+) -> Path:
+    """Observed positive rate against mean predicted probability per bin (sklearn's
+    ``calibration_curve``), with the counts per bin below."""
+    from sklearn.calibration import calibration_curve
+
+    y, p = np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=float).ravel()
+    fig = _new_figure(5.0, 5.5)
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfectly calibrated")
+    if _two_classes(y):
+        observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+        top.plot(predicted, observed, marker="o", lw=2, label="model")
+    top.set(ylim=(0, 1.02), ylabel="observed positive rate", title=title)
+    top.legend(loc="upper left")
+    bottom.hist(p, bins=bins, range=(0, 1), color="0.5")
+    bottom.set(xlim=(0, 1), xlabel="predicted probability", ylabel="slices")
+    return _save(fig, path)
+
+
+def plot_decision_curve(
+    thresholds: Sequence[float],
+    model: Sequence[float],
+    treat_all: Sequence[float],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Net benefit of acting on the model, on everyone and on no one, by threshold."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot(thresholds, model, lw=2, label="model")
+    ax.plot(thresholds, treat_all, lw=1, ls="--", label="call every slice positive")
+    ax.axhline(0, color="0.4", lw=1, label="call none positive")
+    top = max([*model, *treat_all, 0.01])
+    ax.set(ylim=(-0.05 * top - 0.01, 1.1 * top), xlabel="threshold probability",
+           ylabel="net benefit", title=title)  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
     return _save(fig, path)

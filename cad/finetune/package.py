@@ -42,6 +42,11 @@ class LoadedModel:
 
         return denoise(self.denoiser, images)
 
+    def calibrate(self, prob: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (the package's fitted calibration; raw when it has none)."""
+        calibration = self.meta.calibration
+        return prob if calibration is None else calibration.apply(prob)
+
     @property
     def input_spec(self) -> InputConfig:
         return self.meta.input

@@ -42,6 +42,9 @@ def chain_summary(chain: ChainArtifacts, workdir: RunDir) -> ChainSummary:
         test_patient=metrics.patient.metrics,
         test_patient_chance=metrics.patient.chance,
         flags=metrics.flags,
+        calibration=metrics.calibration,
+        test_operating=metrics.slice.operating,
+        test_patient_operating=metrics.patient.operating,
         model_dir=str(model_dir.relative_to(workdir.root)),
         model_dir_abs=str(model_dir.resolve()),
         artifacts={

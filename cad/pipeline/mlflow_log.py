@@ -114,6 +114,8 @@ def _log_chain(
         test.update(
             {f"test_{name}": m.value, f"test_{name}_low": m.low, f"test_{name}_high": m.high}
         )
+    test.update({f"test_{k}": v for k, v in info.test_operating.items()})
+    test.update({f"test_patient_{k}": v for k, v in info.test_patient_operating.items()})
     tracker.log_metrics(run, test)
     tracker.log_metrics(
         run,

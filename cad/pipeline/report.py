@@ -75,6 +75,26 @@ def _metric_table(summary: RunSummary, patient: bool) -> list[str]:
     return lines
 
 
+def _operating_table(summary: RunSummary) -> list[str]:
+    names = ("ece", "brier", "sensitivity_at_specificity_0.90", "specificity_at_sensitivity_0.90")
+    lines = [
+        "**Calibration and operating points** (probabilities calibrated on the validation "
+        "patients; ECE: 10 equal bins; sensitivity at 0.90 specificity and specificity at "
+        "0.90 sensitivity from the test ROC curve; plots: `reliability.png`, "
+        "`decision_curve.png` in each evaluate artifact)",
+        "",
+        "| backbone | round | calibration | level | ECE | Brier | sens @ spec 0.90 | "
+        "spec @ sens 0.90 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in summary.results:
+        for level, values in (("slice", c.test_operating), ("patient", c.test_patient_operating)):
+            if values:
+                cells = " | ".join(f"{values.get(n, float('nan')):.3f}" for n in names)
+                lines.append(f"| {c.backbone} | {c.round} | {c.calibration} | {level} | {cells} |")
+    return lines
+
+
 def _results(summary: RunSummary) -> list[str]:
     lines = [
         "",
@@ -95,6 +115,7 @@ def _results(summary: RunSummary) -> list[str]:
         "",
         *_metric_table(summary, patient=True),
     ]
+    lines += ["", *_operating_table(summary)]
     flagged = [(c, flag) for c in summary.results for flag in c.flags]
     if flagged:
         lines += [""] + [f"> **Check:** {c.title}: {flag}." for c, flag in flagged]

@@ -41,9 +41,11 @@ class Batcher:
         threshold: float,
         cam: CamWriter | None = None,
         prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+        calibrate: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.predict = Predictor(model, runtime, batch_size)
         self.prepare = prepare  # LoadedModel.prepare_images: e.g. the package's denoiser
+        self.calibrate = calibrate  # LoadedModel.calibrate: the package's calibration
         self.batch_size = batch_size
         self.threshold = threshold
         self.cam = cam
@@ -81,6 +83,8 @@ class Batcher:
         if self.prepare is not None:
             images = self.prepare(images)
         probs = self.predict(images)
+        if self.calibrate is not None:
+            probs = self.calibrate(probs)
         self.forward_slices += len(images)
         offset = 0
         for i, start, stop in owners:

@@ -162,6 +162,7 @@ class Run:
             self.threshold,
             cam,
             self.loaded.prepare_images,
+            self.loaded.calibrate,
         )
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()

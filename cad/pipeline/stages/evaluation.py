@@ -30,8 +30,9 @@ class EvaluateStage(Stage[EvaluateSettings]):
     name = "evaluate"
     summary = (
         "the only stage that touches the test patients: F1, ROC AUC, accuracy, sensitivity, "
-        "specificity, PPV, NPV with 95% patient-bootstrap intervals, ROC/PR/confusion plots, "
-        "pseudonymous predictions"
+        "specificity, PPV, NPV with 95% patient-bootstrap intervals; calibrated probabilities "
+        "(ECE, Brier, reliability), sensitivity at 0.90 specificity and back, decision curve; "
+        "ROC (bootstrap band)/PR/confusion plots; pseudonymous predictions"
     )
     settings_type = EvaluateSettings
     inputs = {"model": TrainedModel, "images": ImageSet, "splits": Splits}
@@ -52,8 +53,15 @@ class EvaluateStage(Stage[EvaluateSettings]):
         splits: Splits,
     ) -> dict[str, Any]:
         from cad.device import select_runtime
+        from cad.evaluate.calibration import net_benefit
         from cad.evaluate.metrics import patient_level
-        from cad.evaluate.plots import plot_confusion, plot_pr, plot_roc
+        from cad.evaluate.plots import (
+            plot_confusion,
+            plot_decision_curve,
+            plot_pr,
+            plot_reliability,
+            plot_roc,
+        )
         from cad.finetune.package import load_package
         from cad.finetune.predict import predict_proba
 
@@ -62,19 +70,34 @@ class EvaluateStage(Stage[EvaluateSettings]):
         test_images, samples = images.subset(splits.assignment().test)
         runtime = select_runtime(cfg.precision, cfg.runtime.channels_last)
         prepared = loaded.prepare_images(test_images)  # e.g. the package's DnCNN
-        prob = predict_proba(loaded.model, prepared, runtime, cfg.runtime.batch_size)
+        prob = loaded.calibrate(
+            predict_proba(loaded.model, prepared, runtime, cfg.runtime.batch_size)
+        )
         y = column(samples, "label").astype(int)
         groups = column(samples, "patient")
         threshold = loaded.threshold
         slices = _level(y, prob, threshold, groups, cfg)
         patient_y, patient_p, patients = patient_level(y, prob, groups)
         patient = _level(patient_y, patient_p, threshold, patients, cfg)
+        calibration = loaded.meta.calibration
         result = EvaluationMetrics(
-            threshold=threshold, slice=slices, patient=patient, flags=_flags(slices, patient)
+            threshold=threshold,
+            slice=slices,
+            patient=patient,
+            flags=_flags(slices, patient),
+            calibration="none" if calibration is None else calibration.method,
         )
         Evaluation.write(ctx.out, result, samples, prob)
         roc, pr, confusion = Evaluation.plot_paths(ctx.out)
-        plot_roc(y, prob, roc, settings.title)
+        plot_roc(y, prob, roc, settings.title, groups)
+        reliability, decision = Evaluation.calibration_plot_paths(ctx.out)
+        plot_reliability(y, prob, reliability, f"{settings.title}: reliability")
+        grid = np.round(np.linspace(0.05, 0.5, 10), 3)
+        prevalence = float(np.mean(y)) if len(y) else 0.0
+        treat_all = [prevalence - (1 - prevalence) * t / (1 - t) for t in grid]
+        plot_decision_curve(
+            grid, net_benefit(y, prob, grid), treat_all, decision, f"{settings.title}: decisions"
+        )
         plot_pr(y, prob, pr, settings.title)
         plot_confusion(y, (prob >= threshold).astype(int), confusion, settings.title)
         return {"items": len(samples), "test_f1": slices.metrics["f1"].value}
@@ -84,14 +107,27 @@ def _level(
     y: np.ndarray, prob: np.ndarray, threshold: float, groups: np.ndarray, cfg: EvaluateConfig
 ) -> LevelResult:
     """Metrics with patient-bootstrap intervals (one group per patient) and chance levels."""
+    from cad.evaluate.calibration import (
+        brier,
+        expected_calibration_error,
+        sensitivity_at_specificity,
+        specificity_at_sensitivity,
+    )
     from cad.evaluate.metrics import bootstrap_metrics, chance_levels
 
     metrics = bootstrap_metrics(y, prob, threshold, groups, cfg.bootstrap, cfg.ci, cfg.seed)
+    operating = {
+        "ece": expected_calibration_error(y, prob),
+        "brier": brier(y, prob),
+        "sensitivity_at_specificity_0.90": sensitivity_at_specificity(y, prob, 0.90),
+        "specificity_at_sensitivity_0.90": specificity_at_sensitivity(y, prob, 0.90),
+    }
     return LevelResult(
         samples=len(y),
         positives=int(np.sum(y)),
         chance=ChanceLevels(**chance_levels(y)),
         metrics={k: Interval(**v) for k, v in metrics.items()},
+        operating={k: round(float(v), 6) for k, v in operating.items()},
     )
 
 

@@ -80,6 +80,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
 
         from cad.backbones import get_spec
         from cad.device import describe, select_runtime
+        from cad.evaluate.calibration import fit_calibration
         from cad.evaluate.metrics import choose_threshold
         from cad.evaluate.plots import plot_training_curves
         from cad.finetune.model import build_transfer_model, output_shape
@@ -136,7 +137,9 @@ class FinetuneStage(Stage[FinetuneSettings]):
                 bar,
             )
         assert result.val_prob is not None
-        threshold = choose_threshold(val_labels, result.val_prob)
+        calibration = fit_calibration(cfg.calibration, val_labels, result.val_prob)
+        val_prob = result.val_prob if calibration is None else calibration.apply(result.val_prob)
+        threshold = choose_threshold(val_labels, val_prob)  # on the calibrated scale
         denoised = images if isinstance(images, DenoisedImages) else None
         meta = ModelMeta(
             backbone=spec.name,
@@ -162,6 +165,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
             best_epoch=result.best_epoch,
             best_val_f1=result.best_val_f1,
             denoiser=DenoiserSpec(**denoised.denoiser_spec) if denoised is not None else None,
+            calibration=calibration,
         )
         package, history, curves = TrainedModel.files_in(ctx.out)
         model = model.float().to("cpu").to(memory_format=torch.contiguous_format)
