@@ -248,6 +248,9 @@ class FinetuneConfig(Section):
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0, le=10)
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=10, description="the backbone's trainable layers learn at lr x this"
+    )
     weight_decay: float = Field(1e-4, ge=0, le=10)
     scheduler: Literal["none", "cosine"] = "cosine"
     loss: Literal["weighted", "plain"] = "plain"
