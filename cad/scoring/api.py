@@ -44,14 +44,24 @@ def resolve_model(model: str | Path, tracking_uri: str | None, dest: Path) -> Pa
     if text.startswith(("runs:/", "models:/")):
         from cad.tracking import default_tracking_uri, resolve_model_uri
 
-        return resolve_model_uri(text, default_tracking_uri(Path.cwd(), tracking_uri), dest)
+        uri = default_tracking_uri(Path.cwd(), tracking_uri)
+        local = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if local is not None and not local.is_file():  # never create an empty store here
+            raise CadError(
+                f"{text}: there is no MLflow store in this folder (mlflow.db); pass "
+                "--tracking-uri sqlite:///<workdir>/mlflow.db (a run's store is in its "
+                "workdir, e.g. runs/breast_mri/mlflow.db) or set MLFLOW_TRACKING_URI"
+            )
+        return resolve_model_uri(text, uri, dest)
     path = Path(text).expanduser()
     if not (path / "model.json").exists() and (path / "model" / "model.json").exists():
         path = path / "model"  # a run's finetune artifact directory
     if not path.is_dir():
+        where = "" if path.is_absolute() else " (a relative path is read from the current folder)"
         raise ModelPackageError(
-            f"no model package directory at '{text}'; pass the 'model' directory a run wrote "
-            "(model.safetensors, model.json, SHA256SUMS), runs:/<run_id>/model, "
+            f"no model package directory at '{text}'{where}; pass the 'model' directory a run "
+            "wrote (model.safetensors, model.json, SHA256SUMS; summary.json's best.model_dir "
+            "is relative to the workdir, best.model_dir_abs is absolute), runs:/<run_id>/model, "
             "models:/<name>@<alias> or models:/<name>/<version>"
         )
     return path

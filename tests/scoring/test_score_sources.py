@@ -45,3 +45,14 @@ def test_a_dying_worker_costs_only_its_own_task():
             )
         )
     assert results == ["ok 1", "crashed 2", "ok 3", "ok 4"]
+
+
+def test_models_uri_without_a_store_here_says_where_to_look(export, tmp_path, monkeypatch):
+    from cad.errors import CadError
+    from cad.scoring.api import score_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(CadError, match="no MLflow store in this folder.*--tracking-uri"):
+        score_folder("models:/cad-breast-mri@champion", export.root, tmp_path / "p.csv")
+    assert not (tmp_path / "mlflow.db").exists()  # no empty store left behind
