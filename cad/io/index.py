@@ -6,6 +6,7 @@ its (patient, study), ready for a study's worker to assemble without re-reading 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,7 +58,7 @@ class FolderIndex:
     files: int
     studies: list[StudyTask]
     rows: list[HeaderRow] = field(default_factory=list)
-    digest: str = ""  # hash of every file key: tells a resumed run whether the folder changed
+    digest: str = ""  # hash of every file key, size and mtime: did the folder change since?
 
     @property
     def errors(self) -> list[ErrorRow]:
@@ -84,19 +85,30 @@ def shard_of(patient: str, n: int) -> int:
     return int.from_bytes(hashlib.sha256(patient.encode()).digest()[:8], "big") % n + 1
 
 
+def _stamp(path: str) -> str:
+    """Size and modification time: a file rewritten since an interrupted run changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _header_chunk(paths: list[str], secret: bytes | None) -> list[tuple]:
-    """Per file: (file key, outcome, reason, (patient key, study key) or None, record)."""
+    """Per file: (file key, outcome, reason, (patient key, study key) or None, record,
+    stamp)."""
     pseudo = Pseudonymizer(secret) if secret is not None else None
     out = []
     for path in paths:
         rec = read_header(path)
         key = pseudo.file(path) if pseudo else ""
+        stamp = _stamp(path)
         if not rec.study_uid:  # not even a study to report it with
-            out.append((key, rec.outcome.value, rec.reason, None, b""))
+            out.append((key, rec.outcome.value, rec.reason, None, b"", stamp))
             continue
         ids = (rec.patient_id, rec.study_uid)
         group = (pseudo.patient(ids[0]), pseudo.study(ids[1])) if pseudo else ids
-        out.append((key, rec.outcome.value, rec.reason, group, record_bytes(rec)))
+        out.append((key, rec.outcome.value, rec.reason, group, record_bytes(rec), stamp))
     return out
 
 
@@ -104,7 +116,7 @@ def _header_crash(paths: list[str], secret: bytes | None) -> list[tuple]:
     pseudo = Pseudonymizer(secret) if secret is not None else None
     reason = "the header reader crashed on a file of this batch"
     return [
-        (pseudo.file(p) if pseudo else "", Outcome.PROCESSING_ERROR.value, reason, None, b"")
+        (pseudo.file(p) if pseudo else "", Outcome.PROCESSING_ERROR.value, reason, None, b"", "-")
         for p in paths
     ]
 
@@ -125,8 +137,10 @@ def index_paths(
     results = pool.imap(_header_chunk, ((c, secret) for c in chunks), on_crash=_header_crash)
     position = 0
     for chunk, found in zip(chunks, results, strict=True):
-        for path, (file_key, outcome, reason, group, record) in zip(chunk, found, strict=True):
-            digest.update(file_key.encode())
+        for path, (file_key, outcome, reason, group, record, stamp) in zip(
+            chunk, found, strict=True
+        ):
+            digest.update(f"{file_key}\0{stamp}\0".encode())
             if group is not None:
                 groups.setdefault(tuple(group), []).append((path, record, position))
             else:

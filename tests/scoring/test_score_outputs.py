@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -196,3 +197,17 @@ def test_probabilities_match_training_ingest_and_evaluate(
             change = np.abs(loaded.prepare_images(result.images) - result.images).mean()
             assert change > 1e-3
     assert compared == len(scored)
+
+
+def test_resume_notices_an_input_file_changed_since(export, package, baseline, tmp_path):
+    options, out = baseline.options, tmp_path / "p.csv"
+    with pytest.raises(Interrupt):
+        score_folder(package, export.root, out, _on_commit=_stop_after(1), **options)
+    victim = next(export.root.rglob("*.dcm"))
+    stat = victim.stat()
+    try:
+        os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten later
+        with pytest.raises(CadError, match="folder"):
+            score_folder(package, export.root, out, resume=True, **options)
+    finally:
+        os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
