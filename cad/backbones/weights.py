@@ -27,7 +27,7 @@ from cad.errors import CadError, WeightsError, did_you_mean, look_up_option
 
 WEIGHT_CHOICES = ("imagenet", "pretrain", "random")
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_OR_RANDOM = "or set weights: random"
+_OR_RANDOM = "or set fallback: pretrain (cad's offline pretrained weights) or weights: random"
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, in order
 # legacy torchvision DenseNet keys: 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'
 _DENSENET_KEY = re.compile(
