@@ -58,7 +58,7 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
     flat = flatten(cfg)
-    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "3"
+    assert flat["backbones.0.name"] == "vgg16" and flat["finetune.epochs"] == "6"
 
 
 def test_flattened_params_carry_no_input_paths():

@@ -226,7 +226,8 @@ def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
     )
     result = run_pipeline(cfg, smoke[1], track=False)
     ran = {r.stage for r in result.records if not r.reused}
-    assert ran == {"denoise", "augment", *CHAIN_STAGES}
+    # the pretrained weights do not depend on the data: denoising reuses them
+    assert ran == {"denoise", "augment", *CHAIN_STAGES} - {"pretrain"}
     metrics = result.data.denoise.metrics
     assert metrics["val_psnr_denoised_db"] > metrics["val_psnr_noisy_db"]
     loaded = load_package(result.chains[0].finetune.package)
