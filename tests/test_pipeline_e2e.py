@@ -236,3 +236,23 @@ def test_denoise_stage_trains_dncnn_and_packages_it(smoke, tmp_path):
     np.testing.assert_allclose(
         loaded.prepare_images(raw), np.asarray(result.data.images.images()[:4]), atol=1e-6
     )
+
+
+def test_compare_prints_and_writes_the_run_table(smoke, tmp_path):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from cad.cli import app
+
+    _, workdir, _ = smoke
+    out = tmp_path / "table.csv"
+    result = CliRunner().invoke(app, ["compare", str(workdir), "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert [(r["backbone"], r["round"]) for r in rows] == [
+        (r["backbone"], str(r["round"])) for r in summary["results"]
+    ]
+    assert (workdir / "comparison.csv").read_text() == out.read_text()
