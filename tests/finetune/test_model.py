@@ -252,3 +252,45 @@ def test_predictor_is_the_eval_forward_with_batchnorm_folded_and_leaves_the_mode
     np.testing.assert_allclose(fast(x), expected, atol=0.03)
     assert exact(x[:0]).shape == (0,)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_killed_mid_epoch_resumes_exactly_with_online_augmentation(tmp_path):
+    """Interrupted inside epoch 3 of 4 (a checkpoint exists after epoch 2); the rerun with
+    the same config trains epochs 3-4 exactly as the uninterrupted run did: same losses
+    per epoch, same weights (online augmentation and dropout reseeded per epoch)."""
+    x, y = _data()
+    runtime = select_runtime("fp32", channels_last=False)
+    aug = AugmentConfig(mode="online", flip=0.5, rotate_deg=10, noise=0.5)
+    cfg = FinetuneConfig(
+        epochs=4,
+        batch_size=8,
+        lr=1e-2,
+        precision="fp32",
+        hidden=16,
+        patience=10,
+        runtime={"cache_prefix": False},
+    )
+    order = np.arange(len(y))
+    full = _model()
+    whole = train(full, x, y, order, x[:8], y[:8], cfg, aug, runtime, tmp_path / "a")
+
+    seen = [0]
+
+    def die_in_epoch_3(n: int) -> None:
+        seen[0] += n
+        if seen[0] > 2 * len(y) + 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _model(), x, y, order, x[:8], y[:8], cfg, aug, runtime, tmp_path / "b", die_in_epoch_3
+        )
+    resumed = _model()
+    result = train(resumed, x, y, order, x[:8], y[:8], cfg, aug, runtime, tmp_path / "b")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for a, b in zip(whole.history, result.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6), a["epoch"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6), a["epoch"]
+    np.testing.assert_allclose(
+        predict_proba(full, x, runtime), predict_proba(resumed, x, runtime), rtol=1e-5, atol=1e-6
+    )
