@@ -100,6 +100,7 @@ class RunSummary(BaseModel):
     stages: list[StageRecord]
     wall_s: float
     tracking: TrackingSummary | None = None
+    machine: dict[str, Any] = {}  # CPU class (ISA, bf16, AMX, VNNI, cores), GPU, precision
 
 
 class RunDir:

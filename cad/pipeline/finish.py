@@ -66,6 +66,21 @@ def data_summary(data: DataArtifacts) -> DataSummary:
     )
 
 
+def _machine() -> dict[str, object]:
+    """What the figures of this run were measured on (``cad doctor`` prints the same)."""
+    import torch
+
+    from cad.cpu import cpu_info
+    from cad.device import resolved_precision
+
+    return {
+        "cpu": cpu_info().as_dict(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "precision_auto": resolved_precision("auto"),
+        "torch": torch.__version__,
+    }
+
+
 def build_summary(result: RunResult, started: float) -> RunSummary:
     chains = [chain_summary(c, result.workdir) for c in result.chains]
     best = max(chains, key=lambda c: (c.val_f1, -c.round)) if chains else None
@@ -84,6 +99,7 @@ def build_summary(result: RunResult, started: float) -> RunSummary:
         else None,
         stages=list(result.records),
         wall_s=round(time.time() - started, 2),
+        machine=_machine(),
     )
 
 

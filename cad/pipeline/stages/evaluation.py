@@ -92,12 +92,11 @@ class EvaluateStage(Stage[EvaluateSettings]):
         plot_roc(y, prob, roc, settings.title, groups)
         reliability, decision = Evaluation.calibration_plot_paths(ctx.out)
         plot_reliability(y, prob, reliability, f"{settings.title}: reliability")
-        grid = np.round(np.linspace(0.05, 0.5, 10), 3)
+        grid = [round(0.05 * k, 2) for k in range(1, 11)]  # threshold probabilities
         prevalence = float(np.mean(y)) if len(y) else 0.0
         treat_all = [prevalence - (1 - prevalence) * t / (1 - t) for t in grid]
-        plot_decision_curve(
-            grid, net_benefit(y, prob, grid), treat_all, decision, f"{settings.title}: decisions"
-        )
+        benefit = [float(v) for v in net_benefit(y, prob, grid)]
+        plot_decision_curve(grid, benefit, treat_all, decision, f"{settings.title}: decisions")
         plot_pr(y, prob, pr, settings.title)
         plot_confusion(y, (prob >= threshold).astype(int), confusion, settings.title)
         return {"items": len(samples), "test_f1": slices.metrics["f1"].value}
