@@ -25,6 +25,7 @@ bootstrap interval, the chance levels, and the nodes each seed chose.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -244,6 +245,45 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def targets(per_seed: dict[int, dict[str, dict]]) -> str:
+    """The issue's targets, met or missed by how much: the method's slice ROC AUC >= 0.85 and
+    above every arm but full fine-tuning; the probe's best node >= 0.2 F1 above chance."""
+    seeds = sorted(per_seed)
+    method = "pretrained, cad method"
+    if method not in per_seed[seeds[0]]:
+        return ""
+
+    def mean_auc(arm: str) -> float:
+        return statistics.mean(per_seed[s][arm]["slice"]["roc_auc"]["value"] for s in seeds)
+
+    auc = mean_auc(method)
+    others = {
+        arm: mean_auc(arm)
+        for arm in per_seed[seeds[0]]
+        if arm not in (method, "pretrained, fine-tune all")
+    }
+    rival, rival_auc = max(others.items(), key=lambda kv: kv[1])
+    margins = [
+        per_seed[s][method]["probe_best_f1"] - per_seed[s][method]["probe_chance_all_positive"]
+        for s in seeds
+    ]
+    margin = statistics.mean(margins)
+
+    def verdict(ok: bool, by: float) -> str:
+        return "met" if ok else f"missed by {abs(by):.3f}"
+
+    return "\n".join(
+        [
+            f"- method slice ROC AUC {auc:.3f} >= 0.85: {verdict(auc >= 0.85, 0.85 - auc)}",
+            f"- above every other arm but full fine-tuning (best other: {rival}, "
+            f"{rival_auc:.3f}): {verdict(auc > rival_auc, rival_auc - auc)}",
+            f"- probe best node F1 - chance (all positive) {margin:.3f} >= 0.2 "
+            f"(per seed {', '.join(f'{m:.3f}' for m in margins)}): "
+            f"{verdict(margin >= 0.2, 0.2 - margin)}",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -255,14 +295,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arms", nargs="+", default=[], help="only these arms (and the baseline)")
     parser.add_argument("--name", default=None, help="result file name (default by --quick)")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-print a saved result")
     args = parser.parse_args()
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        per_seed = {int(k): v for k, v in saved["per_seed"].items()}
+        text = table(per_seed) + "\n\n" + targets(per_seed)
+        print(text)
+        args.from_json.with_suffix(".md").write_text(text + "\n")
+        return
     if args.patients < 60 and not args.quick:
         parser.error("--patients: at least 60 (the validity bar); use --quick for a smoke run")
     root = args.workdir or Path(tempfile.mkdtemp(prefix="cad-validity-"))
     machine = machine_info()
     start = time.perf_counter()
     per_seed = {seed: run_seed(args, seed, root) for seed in args.seeds}
-    text = table(per_seed)
+    text = table(per_seed) + "\n\n" + targets(per_seed)
     print(text)
     name = args.name or ("transfer_validity_quick" if args.quick else "transfer_validity")
     write_result(
