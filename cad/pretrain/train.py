@@ -3,10 +3,11 @@
 The network learns to classify :class:`~cad.pretrain.shapes.ShapeSource` images with its
 own output layer (the first ``classes`` logits; a linear layer is added, used only here,
 when a network has fewer outputs or outputs an image), so the weights it returns have
-exactly the registry network's keys. AdamW with a one-cycle schedule; bf16 autocast where
-the CPU has it. A checkpoint every ``checkpoint_every`` steps holds the model, the
-optimizer, the step and both random streams, so a killed run resumes where it stopped and
-ends with the same weights as an uninterrupted one.
+exactly the registry network's keys. AdamW with linear warm-up and cosine decay; bf16
+autocast where the CPU has it (on a GPU bf16, or fp16 with loss scaling). A checkpoint
+every ``checkpoint_every`` steps holds the model, the optimizer, the step and both random
+streams, so a killed run resumes where it stopped and ends with the same weights as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class PretrainResult:
     state: dict[str, torch.Tensor]
     size: int  # the image side actually used
     classes: int
-    loss: list[float] = field(default_factory=list)  # mean loss per checkpoint interval
-    accuracy: float = 0.0  # source-task accuracy over the last interval (chance: 1/classes)
+    loss: list[float] = field(default_factory=list)  # mean loss per 1/20 of the budget
+    accuracy: float = 0.0  # source-task accuracy over the last 1/20 (chance: 1/classes)
     resumed_at: int = 0  # the step a checkpoint let it start from
 
 
@@ -93,6 +94,7 @@ def pretrain(
         lr=cfg.lr,
         fused=True,  # ~7x faster on CPU for big layers (VGG's fc6 has 103M weights)
     )
+    scaler = torch.amp.GradScaler("cuda") if runtime.uses_grad_scaler else None
     data = torch.Generator().manual_seed(cfg.seed)
     ckpt = Checkpoint(checkpoint_dir)
     result = PretrainResult({}, size, source.classes)
@@ -119,8 +121,13 @@ def pretrain(
                 logits = model(normalize(images)).float()
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:  # fp16 on a GPU without bf16
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             step += 1
             window["loss"] += float(loss.detach())
             window["correct"] += int((logits.argmax(1) == labels).sum())
