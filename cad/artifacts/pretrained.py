@@ -38,9 +38,15 @@ class PretrainRecord(BaseModel):
     sha256: str
 
     @property
+    def learned(self) -> bool:
+        """Whether the source task was learned at all: accuracy at least twice chance."""
+        return self.source_accuracy >= 2.0 / self.classes
+
+    @property
     def label(self) -> str:
         """One line for tables and tags, e.g. ``pretrain:shapes-1 300 steps (acc 0.41)``."""
-        return f"pretrain:{self.method} {self.steps} steps (source acc {self.source_accuracy:.2f})"
+        acc = f"source acc {self.source_accuracy:.2f}" + ("" if self.learned else ", NOT LEARNED")
+        return f"pretrain:{self.method} {self.steps} steps ({acc})"
 
 
 def read_record(directory: Path) -> PretrainRecord:

@@ -29,7 +29,13 @@ def _warnings(summary: RunSummary) -> list[str]:
             "> **Weights:** "
             + "; ".join(f"{c.backbone}: {c.weights_source}" for c in offline)
             + ". These come from cad's offline source (procedural shape classes, no patient "
-            "data), not from ImageNet.",
+            "data), not from ImageNet."
+            + (
+                " **NOT LEARNED** marks a backbone whose pretraining did not learn the source "
+                "task (accuracy below twice chance): its weights are close to random."
+                if any("NOT LEARNED" in c.weights_source for c in offline)
+                else ""
+            ),
             "",
         ]
     tracking = summary.tracking

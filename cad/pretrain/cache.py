@@ -120,6 +120,14 @@ def ensure_pretrained(name: str, in_chans: int, cfg: PretrainConfig) -> CachedWe
             "pretrain %s: %d steps in %.0f s, source accuracy %.2f (chance %.3f); cached in %s",
             name, cfg.steps, record.wall_s, record.source_accuracy, 1 / record.classes, entry,
         )  # fmt: skip
+        if not record.learned:
+            from cad.log import warn_once
+
+            warn_once(
+                f"pretrain {name}: the source task was not learned (accuracy "
+                f"{record.source_accuracy:.3f}, chance {1 / record.classes:.3f}): these weights "
+                "are close to random. Raise pretrain.steps or lower pretrain.lr."
+            )
         return CachedWeights(entry, record, False)
 
 

@@ -170,3 +170,15 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
     (killed,) = killed_cache.glob("pretrained/resnet18-*/pretrain.json")
     (whole,) = whole_cache.glob("pretrained/resnet18-*/pretrain.json")
     assert json.loads(killed.read_text())["sha256"] == json.loads(whole.read_text())["sha256"]
+
+
+def test_a_source_task_not_learned_is_said_so():
+    from cad.artifacts.pretrained import PretrainRecord
+
+    base = dict(backbone="vgg16", in_chans=3, method="shapes-1", key="k", steps=300)
+    base |= dict(batch_size=64, size=48, classes=80, loss=[4.4], precision="cpu-bf16")
+    base |= dict(seed=0, wall_s=1.0, sha256="0" * 64)
+    flat = PretrainRecord(source_accuracy=0.012, **base)
+    assert not flat.learned and "NOT LEARNED" in flat.label
+    learned = PretrainRecord(source_accuracy=0.23, **base)
+    assert learned.learned and "NOT LEARNED" not in learned.label
