@@ -51,6 +51,22 @@ class Runtime:
         return tensor
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Zero the gradients, backpropagate ``loss`` and step (through ``scaler`` for fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def cpu_supports_bf16() -> bool:
     from cad.cpu import cpu_info
 

@@ -24,7 +24,7 @@ from torch import nn
 from cad.checkpoint import Checkpoint
 from cad.config import AugmentConfig, FinetuneConfig
 from cad.data.augment import apply, make_augment
-from cad.device import Runtime
+from cad.device import Runtime, optimizer_step
 from cad.finetune.model import AUX_WEIGHT, TransferModel, split_prefix
 from cad.finetune.predict import predict_proba
 
@@ -180,14 +180,7 @@ def train(
                 loss = loss_fn(main.float(), target)
                 for logits in aux:
                     loss = loss + AUX_WEIGHT * loss_fn(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if progress:

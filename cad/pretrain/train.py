@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from cad.backbones import create_backbone, get_spec
 from cad.checkpoint import Checkpoint
 from cad.config import PretrainConfig
-from cad.device import select_runtime
+from cad.device import optimizer_step, select_runtime
 from cad.finetune.model import Normalize
 from cad.pretrain.shapes import ShapeSource
 
@@ -120,14 +120,7 @@ def pretrain(
             with runtime.autocast():
                 logits = model(normalize(images)).float()
             loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:  # fp16 on a GPU without bf16
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             step += 1
             window["loss"] += float(loss.detach())
             window["correct"] += int((logits.argmax(1) == labels).sum())
