@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from mlflow_processes import mlflow_server, rendered_text
 from safetensors.torch import load_file
 
 from cad.api import run_pipeline
@@ -161,6 +162,8 @@ def test_summary_matches_mlflow(smoke):
         assert took >= chain_wall * 0.9  # the chain's real duration, not the logging time
         files = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"layer_f1.png", "probe_nodes.json", "model"} <= files
+        assert parent.info.start_time <= run.info.start_time  # the parent spans the run
+        assert parent.info.end_time >= run.info.end_time
     alias = client.get_model_version_by_alias("cad-smoke", "champion")
     assert alias.tags["backbone"] == summary["best"]["backbone"]
     assert alias.tags["round"] == str(summary["best"]["round"])
@@ -169,6 +172,27 @@ def test_summary_matches_mlflow(smoke):
         for r in summary["results"]
         if (r["backbone"], r["round"]) == (summary["best"]["backbone"], summary["best"]["round"])
     )
+
+
+def test_the_mlflow_ui_opens_on_the_backbone_comparison(smoke, tmp_path):
+    """What a person sees: the link cad prints, opened in headless Chromium against a real
+    ``mlflow server`` on the run's store, shows the model-training runs page with every
+    backbone run listed flat, best test ROC AUC first, and the comparison columns."""
+    _, workdir, _ = smoke
+    summary = json.loads((workdir / "summary.json").read_text())
+    link = summary["tracking"]["ui_link"]
+    assert "viewStateShareKey=" in link and "workflowType=machine_learning" in link
+    titles = {r["mlflow_run_id"]: f"{r['backbone']} round {r['round']}" for r in summary["results"]}
+    by_auc = sorted(summary["results"], key=lambda r: -r["test"]["roc_auc"]["value"])
+    with mlflow_server(tmp_path, summary["tracking"]["uri"]) as url:
+        text = rendered_text(f"{url}/{link}", expect=titles[by_auc[-1]["mlflow_run_id"]])
+    assert text.startswith("Runs - Experiment"), text[:300]  # not the GenAI traces page
+    for column in ("probe_f1_best", "probe_chance_f1", "test_roc_auc", "test_f1", "test_ece"):
+        assert column in text, column
+    positions = [text.find(titles[r["mlflow_run_id"]]) for r in by_auc]
+    assert -1 not in positions, (positions, text[:2000])  # children are not folded away
+    if by_auc[0]["test"]["roc_auc"]["value"] > by_auc[-1]["test"]["roc_auc"]["value"]:
+        assert positions == sorted(positions)
 
 
 def test_no_phi_in_any_output(smoke):

@@ -88,6 +88,8 @@ class TrackingSummary(BaseModel):
     registered_version: str | None
     ok: bool
     failures: list[str]
+    # the comparison view in the MLflow UI, relative to the server's root (cad.tracking.views)
+    ui_link: str | None = None
 
 
 class RunSummary(BaseModel):

@@ -118,4 +118,12 @@ def run(
         mlflow = (
             "mlflow" if shutil.which("mlflow") == str(beside) or not beside.exists() else beside
         )
-        console.print(f"MLflow UI: {mlflow} ui --backend-store-uri {tracking.uri}", soft_wrap=True)
+        link = tracking.ui_link or ""
+        if tracking.uri.startswith(("http://", "https://")):
+            console.print(f"MLflow UI: {tracking.uri.rstrip('/')}/{link}", soft_wrap=True)
+        else:
+            console.print(
+                f"MLflow UI: {mlflow} ui --backend-store-uri {tracking.uri}\n"
+                f"  then open http://127.0.0.1:5000/{link}",
+                soft_wrap=True,
+            )

@@ -24,6 +24,7 @@ from cad.evaluate.metrics import METRICS
 from cad.pipeline.finish import relative_depths
 from cad.pipeline.result import ChainArtifacts, RunResult
 from cad.tracking import Tracker, default_tracking_uri, redact_uri
+from cad.tracking.views import VIEW_TAG, comparison_link, comparison_view
 
 
 def git_commit() -> str:
@@ -47,6 +48,12 @@ def _chain_times(result: RunResult, chain: ChainArtifacts) -> tuple[float | None
     if not mine:
         return None, None
     return min(r.ended - r.wall_s for r in mine), max(r.ended for r in mine)
+
+
+def _run_start(result: RunResult) -> float | None:
+    """When this invocation's first stage started (the parent run spans the whole run)."""
+    starts = [r.ended - r.wall_s for r in result.records if r.ended]
+    return min(starts) if starts else None
 
 
 def _chain_params(result: RunResult, info: ChainSummary) -> dict[str, str]:
@@ -152,7 +159,9 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
         "pipeline": cfg.name,
     }
     name = f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    parent = tracker.start_run(name, params=flatten_params(cfg), tags=base_tags)
+    parent = tracker.start_run(
+        name, params=flatten_params(cfg), tags=base_tags, start_time=_run_start(result)
+    )
     if parent is not None:
         redacted = result.workdir.redacted_config
         redacted.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +200,9 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
     if parent is not None:
         tracker.log_metrics(parent, {"best_val_f1": max(r.val_f1 for r in summary.results)})
         tracker.end_run(parent)
+    experiment_id = tracker.experiment_id
+    if experiment_id is not None:
+        tracker.set_experiment_tag(VIEW_TAG, comparison_view())
     return TrackingSummary(
         uri=redact_uri(uri),
         experiment=experiment,
@@ -200,4 +212,5 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
         registered_version=registered,
         ok=tracker.ok,
         failures=tracker.failures,
+        ui_link=comparison_link(experiment_id) if experiment_id is not None else None,
     )

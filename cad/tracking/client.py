@@ -383,6 +383,12 @@ class Tracker:
         if self._usable(run_id):
             self._call("log_table", self._client.log_table, run_id, dict(table), artifact_file)
 
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        """Tag the experiment (e.g. the UI's shared comparison view)."""
+        experiment = self.experiment_id
+        if experiment is not None and not self._down:
+            self._call("experiment_tag", self._client.set_experiment_tag, experiment, key, value)
+
     def tag_model_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         if self._client is None:
             return

@@ -6,19 +6,14 @@ import logging
 import math
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_processes import free_port
+from mlflow_processes import mlflow_server as serve
 
 from cad.errors import ModelPackageError
 from cad.tracking import (
@@ -48,12 +43,6 @@ def _restore_mlflow_env() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class CountingClient:
@@ -103,68 +92,10 @@ def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on a free loopback port; stopped even if the tests fail."""
     root = tmp_path_factory.mktemp("server")
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{root / 'srv.db'}",
-                "--artifacts-destination",
-                str(root / "art"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log_path)
+    with serve(
+        root, f"sqlite:///{root / 'srv.db'}", "--artifacts-destination", str(root / "art")
+    ) as url:
         yield url
-    finally:
-        _stop(proc)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    give_up = time.monotonic() + 180  # a bound for a broken install, not a speed check
-    while time.monotonic() < give_up:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            with opener.open(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    pytest.fail(f"mlflow server never became healthy:\n{log_path.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the server's own process group (it forks workers), then make sure."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _model_package(root: Path) -> Path:
@@ -275,7 +206,7 @@ def test_registering_again_moves_the_alias(sqlite_uri: str, tmp_path: Path):
 
 
 def test_unreachable_server_never_raises_and_is_called_once(tmp_path: Path, warnings_seen):
-    tracker = Tracker(f"http://127.0.0.1:{_free_port()}", "down", retries=0, timeout_s=1)
+    tracker = Tracker(f"http://127.0.0.1:{free_port()}", "down", retries=0, timeout_s=1)
     counting = CountingClient(tracker._client)
     tracker._client = counting
     assert tracker.start_run("pipeline", params={"patient": "Jane Doe"}) is None
@@ -303,7 +234,7 @@ def test_outage_in_the_middle_turns_tracking_off(sqlite_uri: str):
     tracker = Tracker(sqlite_uri, "mid-run-outage", retries=0, timeout_s=1)
     run = tracker.start_run("child")
     assert run is not None
-    dead = CountingClient(MlflowClient(tracking_uri=f"http://127.0.0.1:{_free_port()}"))
+    dead = CountingClient(MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}"))
     tracker._client = dead
     tracker.log_metrics(run, {"a": 1.0})
     tracker.log_metric_steps(run, "b", [1.0], [0])
@@ -343,7 +274,7 @@ def test_disabled_tracker_does_nothing(tmp_path: Path):
 
 
 def test_http_knobs_are_bounded_from_the_config():
-    Tracker(f"http://127.0.0.1:{_free_port()}", "knobs", retries=3, timeout_s=2.5)
+    Tracker(f"http://127.0.0.1:{free_port()}", "knobs", retries=3, timeout_s=2.5)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
 
@@ -378,7 +309,7 @@ def test_resolve_model_uri_errors_are_typed(sqlite_uri: str, tmp_path: Path):
         resolve_model_uri("models:/only-a-name", sqlite_uri, tmp_path / "d")
     with pytest.raises(ModelPackageError, match="not found"):
         resolve_model_uri("models:/no-such-model@champion", sqlite_uri, tmp_path / "d")
-    closed = f"http://user:pw@127.0.0.1:{_free_port()}"
+    closed = f"http://user:pw@127.0.0.1:{free_port()}"
     with pytest.raises(ModelPackageError, match="connection failed") as info:
         resolve_model_uri("runs:/abc/model", closed, tmp_path / "d", retries=0, timeout_s=1)
     assert "pw" not in str(info.value)
