@@ -45,7 +45,7 @@ def data_check(
         table.add_row(str(outcome), str(count))
     print_table(table)
     if report is not None:
-        result.write_report(report, Pseudonymizer(load_secret()))
+        result.write_report(report, Pseudonymizer(load_secret(report.parent)))
         console.print(f"report: {report}")
     raise typer.Exit(EXIT_OK if result.all_ok else EXIT_PARTIAL)
 
@@ -110,18 +110,26 @@ def data_manifest(
 ) -> None:
     """Build a slice-level manifest from bounding boxes (or per-series labels)."""
     from cad.data.manifest import build_from_boxes, build_from_series_labels, write_manifest
+    from cad.phi import Pseudonymizer, load_secret
 
     if (boxes is None) == (series_labels is None):
         raise CadError(
             "give exactly one label source: --boxes Annotation_Boxes.csv or "
             "--series-labels labels.csv"
         )
+    pseudo = Pseudonymizer(load_secret(out.parent))  # the secret lives beside the output
     if boxes is not None:
         rows = build_from_boxes(
-            dicom_root, boxes, margin=margin, unboxed=unboxed, numbering=numbering, workers=workers
+            dicom_root,
+            boxes,
+            margin=margin,
+            unboxed=unboxed,
+            numbering=numbering,
+            workers=workers,
+            pseudonymizer=pseudo,
         )
     else:
-        rows = build_from_series_labels(dicom_root, series_labels)
+        rows = build_from_series_labels(dicom_root, series_labels, pseudonymizer=pseudo)
     write_manifest(rows, out)
     positives = sum(r.label for r in rows)
     console.print(

@@ -153,7 +153,7 @@ def score_folder(
             model_digest = (package / SUMS).read_text()
         runtime = select_runtime("auto")
         net = runtime.prepare(loaded.model)
-        secret = load_secret()
+        secret = load_secret(out.parent)  # the secret lives beside the outputs
         pseudo = Pseudonymizer(secret)
         log.info(
             "model %s (%s), threshold %.4f; %s",

@@ -13,6 +13,7 @@ from cad.artifacts.splits import SplitAssignment, Splits, SplitSize
 from cad.config import IngestConfig, InputConfig, PhantomConfig, SplitConfig
 from cad.data.samples import column
 from cad.log import progress
+from cad.phi import Pseudonymizer
 from cad.pipeline.stage import Settings, Stage, StageContext
 
 
@@ -68,7 +69,11 @@ class ManifestStage(Stage[ManifestSettings]):
         from cad.data.manifest import build_from_boxes, write_manifest
 
         rows = build_from_boxes(
-            archive.dicom_root, archive.boxes_csv, margin=settings.margin, unboxed="negative"
+            archive.dicom_root,
+            archive.boxes_csv,
+            margin=settings.margin,
+            unboxed="negative",
+            pseudonymizer=Pseudonymizer(ctx.secret),  # the workdir's secret, not the cwd's
         )
         write_manifest(rows, ManifestFile.csv_in(ctx.out))
         return {"items": len(rows), "positives": sum(r.label for r in rows)}
