@@ -123,3 +123,42 @@ def test_the_report_scrubs_values_paths_and_quoted_text():
     assert PATIENT not in text and PATIENT_ID not in text and "Smith" not in text
     assert "mine.yaml" not in text and "which led to" in text and "--set" in text
     assert scrub("size 3 of 5", []) == "size 3 of 5"  # what is not a value stays readable
+
+
+def _link(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "outs" / name
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(target)
+    return link, target
+
+
+@pytest.mark.parametrize("option", ["--out", "--errors", "--key-map"])
+def test_score_never_writes_through_a_symlinked_output(tmp_path, option):
+    from cad.errors import CadError
+    from cad.scoring.api import score_folder
+
+    (tmp_path / "dicom").mkdir()
+    link, target = _link(tmp_path, "x.csv")
+    outputs = {"out": tmp_path / "outs" / "p.csv", option.strip("-").replace("-", "_"): link}
+    with pytest.raises(CadError, match=f"{option} is a symbolic link"):
+        score_folder(tmp_path / "model", tmp_path / "dicom", workers=0, **outputs)
+    assert target.read_text() == "keep me"
+
+
+def test_merge_and_data_commands_never_write_through_a_symlink(tmp_path, patient_folder):
+    from cad.errors import CadError
+    from cad.scoring.merge import merge_shards
+
+    link, target = _link(tmp_path, "merged.csv")
+    with pytest.raises(CadError, match="--out is a symbolic link"):
+        merge_shards([tmp_path / "s1.csv"], link)
+    result = runner.invoke(app, ["data", "check", str(patient_folder), "--report", str(link)])
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    result = runner.invoke(
+        app, ["data", "manifest", "--dicom-root", str(patient_folder), "--out", str(link),
+              "--boxes", str(tmp_path / "b.csv")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert target.read_text() == "keep me"

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cad.cli.app import EXIT_OK, EXIT_PARTIAL, data_app, handle_errors
 from cad.errors import CadError
+from cad.io.files import refuse_symlink
 from cad.log import console, print_table
 
 
@@ -30,6 +31,7 @@ def data_check(
 
     if not dicom_dir.is_dir():
         raise CadError(f"{dicom_dir} is not a folder; pass the root of a DICOM export")
+    refuse_symlink(report, "--report")
     with progress("check", None, "steps") as advance:
         seen = [0]
 
@@ -111,6 +113,8 @@ def data_manifest(
     """Build a slice-level manifest from bounding boxes (or per-series labels)."""
     from cad.data.manifest import build_from_boxes, build_from_series_labels, write_manifest
     from cad.phi import Pseudonymizer, load_secret
+
+    refuse_symlink(out, "--out")
 
     if (boxes is None) == (series_labels is None):
         raise CadError(
