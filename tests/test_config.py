@@ -130,3 +130,24 @@ def test_a_manifest_with_one_class_is_a_typed_error_before_any_work(tmp_path, la
     with pytest.raises(DataError, match="needs both labels"):
         check_both_classes(rows)
     check_both_classes([*rows, ManifestRow("P9", "P9/s", "dce", 0, 1 - label)])
+
+
+def test_a_manifest_based_run_stores_no_raw_data_path(tmp_path):
+    """The ingest identity (what its manifest.json and key hold) and the resolved config
+    saved with a run carry a hash of data.root / data.manifest, never the paths."""
+    from cad.config import redact_paths
+    from cad.pipeline.graph import build_graph
+
+    root = tmp_path / "Doe_Jane_19700101"
+    root.mkdir()
+    manifest = root / "m.csv"
+    manifest.write_text("patient_id,path,series,slice_index,label\nP1,P1/s,dce,0,1\n")
+    cfg = load_config(
+        ROOT / "pipelines/smoke.yaml", [f"data.manifest={manifest}", f"data.root={root}"]
+    )
+    graph = build_graph(cfg, "fingerprint")
+    ingest = next(n for n in graph.nodes if n.stage.name == "ingest")
+    texts = [str(ingest.settings.identity()), dump_config(redact_paths(cfg))]
+    for text in texts:
+        assert "Doe_Jane" not in text and "19700101" not in text
+    assert ingest.settings.root == root  # still there to run with
