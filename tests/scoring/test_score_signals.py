@@ -63,3 +63,15 @@ def test_sigterm_ends_every_worker_and_resume_completes_identically(
     assert resumed.returncode == baseline.summary.exit_code, output
     assert out.read_bytes() == baseline.out.read_bytes()
     assert out.with_name("keys.csv").read_bytes() == baseline.key_map.read_bytes()
+
+
+def test_scoring_keeps_its_secret_beside_its_predictions(export, package, tmp_path, monkeypatch):
+    from cad.phi import SECRET_FILE
+    from cad.scoring.api import score_folder
+
+    monkeypatch.delenv("CAD_SECRET")
+    out = tmp_path / "scores" / "p.csv"
+    score_folder(package, export.root, out, workers=0, progress=False)
+    assert (out.parent / SECRET_FILE).is_file()
+    assert not (tmp_path / SECRET_FILE).exists()  # the cwd (tmp_path) gets none
+    assert not (export.root / SECRET_FILE).exists()
