@@ -2,8 +2,10 @@
 
 HMAC-SHA256 with a local secret, so keys are stable across runs on one site but cannot be
 reversed or recomputed by anyone without the secret. The secret comes from the
-``CAD_SECRET`` environment variable, else from ``.cad_secret`` in the working directory
-(created with mode 0600 on first use; an empty, short or shared secret is refused).
+``CAD_SECRET`` environment variable, else from ``.cad_secret`` in the folder of the
+command's output: the workdir for ``cad run`` and its stages, the folder of ``--out`` for
+``cad score`` and ``cad data manifest``, of ``--report`` for ``cad data check`` (created
+with mode 0600 on first use; an empty, short or shared secret is refused).
 """
 
 from __future__ import annotations

@@ -60,3 +60,34 @@ def test_pseudonyms_depend_on_the_secret_and_survive_non_utf8_names():
     assert a.patient("Breast_MRI_001") == a.patient("Breast_MRI_001")
     name = os.fsdecode(b"study-\xff.dcm")  # surrogate-escaped, as os.listdir returns it
     assert a.file(name).startswith("file-")
+
+
+def test_each_command_keeps_its_secret_beside_its_output_not_in_the_cwd(tmp_path, monkeypatch):
+    """The location rule: CAD_SECRET, else .cad_secret in the folder of the command's output
+    (cad run: the workdir; score/manifest: --out's folder; data check: --report's folder)."""
+    from typer.testing import CliRunner
+
+    from cad.cli import app
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    runner = CliRunner()
+    archive = tmp_path / "archive"
+    args = ["--patients", "4", "--slices", "10", "--size", "48", "--seed", "2"]
+    assert runner.invoke(app, ["data", "phantom", "--out", str(archive), *args]).exit_code == 0
+    boxes, dicom = archive / "Annotation_Boxes.csv", archive / "dicom"
+    manifest = tmp_path / "manifests" / "m.csv"
+    manifest.parent.mkdir()
+    result = runner.invoke(
+        app,
+        ["data", "manifest", "--dicom-root", str(dicom), "--boxes", str(boxes),
+         "--out", str(manifest), "--unboxed", "negative"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (manifest.parent / SECRET_FILE).is_file()
+    report = tmp_path / "reports" / "check.csv"
+    result = runner.invoke(app, ["data", "check", str(dicom), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert (report.parent / SECRET_FILE).is_file()
+    assert not (cwd / SECRET_FILE).exists() and not (dicom / SECRET_FILE).exists()

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cad.cli.app import EXIT_OK, EXIT_PARTIAL, data_app, handle_errors
 from cad.errors import CadError
+from cad.io.files import refuse_symlink
 from cad.log import console, print_table
 
 
@@ -30,6 +31,7 @@ def data_check(
 
     if not dicom_dir.is_dir():
         raise CadError(f"{dicom_dir} is not a folder; pass the root of a DICOM export")
+    refuse_symlink(report, "--report")
     with progress("check", None, "steps") as advance:
         seen = [0]
 
@@ -45,7 +47,7 @@ def data_check(
         table.add_row(str(outcome), str(count))
     print_table(table)
     if report is not None:
-        result.write_report(report, Pseudonymizer(load_secret()))
+        result.write_report(report, Pseudonymizer(load_secret(report.parent)))
         console.print(f"report: {report}")
     raise typer.Exit(EXIT_OK if result.all_ok else EXIT_PARTIAL)
 
@@ -110,18 +112,28 @@ def data_manifest(
 ) -> None:
     """Build a slice-level manifest from bounding boxes (or per-series labels)."""
     from cad.data.manifest import build_from_boxes, build_from_series_labels, write_manifest
+    from cad.phi import Pseudonymizer, load_secret
+
+    refuse_symlink(out, "--out")
 
     if (boxes is None) == (series_labels is None):
         raise CadError(
             "give exactly one label source: --boxes Annotation_Boxes.csv or "
             "--series-labels labels.csv"
         )
+    pseudo = Pseudonymizer(load_secret(out.parent))  # the secret lives beside the output
     if boxes is not None:
         rows = build_from_boxes(
-            dicom_root, boxes, margin=margin, unboxed=unboxed, numbering=numbering, workers=workers
+            dicom_root,
+            boxes,
+            margin=margin,
+            unboxed=unboxed,
+            numbering=numbering,
+            workers=workers,
+            pseudonymizer=pseudo,
         )
     else:
-        rows = build_from_series_labels(dicom_root, series_labels)
+        rows = build_from_series_labels(dicom_root, series_labels, pseudonymizer=pseudo)
     write_manifest(rows, out)
     positives = sum(r.label for r in rows)
     console.print(

@@ -111,3 +111,15 @@ def side_file(path: str | Path, head: bytes) -> str:
     if first.decode("utf-8", "replace") in SIDE_FILE_HEADERS:
         return "a report or label file cad writes, not an image"
     return ""
+
+
+def refuse_symlink(path: str | Path | None, option: str) -> None:
+    """An output is never written through a symbolic link (it would overwrite the link's
+    target, wherever that is): raise CadError naming the option and the fix."""
+    if path is not None and os.path.islink(path):
+        from cad.errors import CadError
+
+        raise CadError(
+            f"{option} is a symbolic link; cad does not write through links (that would "
+            "overwrite the file it points to): give a plain file path, or remove the link"
+        )

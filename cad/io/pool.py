@@ -113,7 +113,10 @@ class WorkerPool:
                 initializer=_init_worker,
                 initargs=(self.initializer,),
             )
-            self._ping = self._pool.submit(_ping)
+            # one ping per worker: the executor forks a worker per task while none is idle,
+            # so all start now, not mid-run (a fork racing a shutdown prints a traceback)
+            pings = [self._pool.submit(_ping) for _ in range(self.workers)]
+            self._ping = pings[0]
 
     def close(self) -> None:
         """Wait for running tasks, then end the workers."""

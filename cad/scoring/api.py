@@ -24,7 +24,7 @@ from cad.artifacts.model_package import SUMS
 from cad.device import describe, select_runtime
 from cad.errors import CadError, ModelPackageError, look_up_option
 from cad.finetune.package import load_package
-from cad.io.files import walk
+from cad.io.files import refuse_symlink, walk
 from cad.io.index import index_paths
 from cad.io.pool import WorkerPool
 from cad.phi import Pseudonymizer, load_secret
@@ -74,7 +74,9 @@ def _check_paths(
         raise CadError("DICOM_DIR is not a folder; pass the root folder of the DICOM export")
     root = dicom_dir.resolve()
     outputs = {"--out": out, "--errors": errors, "--key-map": key_map, "--cam": cam_dir}
+    outputs["--out's progress file"] = sidecar_path(out)
     for option, path in outputs.items():
+        refuse_symlink(path, option)
         if path is not None and path.resolve().is_relative_to(root):
             raise CadError(
                 f"{option} points inside DICOM_DIR, which is scanned for input; "
@@ -153,7 +155,7 @@ def score_folder(
             model_digest = (package / SUMS).read_text()
         runtime = select_runtime("auto")
         net = runtime.prepare(loaded.model)
-        secret = load_secret()
+        secret = load_secret(out.parent)  # the secret lives beside the outputs
         pseudo = Pseudonymizer(secret)
         log.info(
             "model %s (%s), threshold %.4f; %s",

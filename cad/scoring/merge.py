@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cad.errors import CadError
+from cad.io.files import refuse_symlink
 from cad.scoring.summary import ScoreSummary, summary_from_counts
 from cad.scoring.writers import SEGMENT_COLUMNS, segments_path, sidecar_path
 
@@ -89,6 +90,8 @@ def merge_shards(
     ``<stem>.errors.csv``; key maps when ``key_maps`` lists them in the same order)."""
     if not shards:
         raise CadError("cad score merge: give the predictions files of every shard")
+    for option, path in {"--out": out, "--errors": errors, "--key-map": key_map}.items():
+        refuse_symlink(path, option)
     if (key_maps is None) != (key_map is None):
         raise CadError("--key-map and --shard-key-map go together (the key maps hold PHI)")
     if key_maps is not None and len(key_maps) != len(shards):

@@ -27,6 +27,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cad.tracking.store_check import BrokenStore, repair_sqlite_store
+
 log = logging.getLogger("cad.tracking")
 
 # MLflow's limits (mlflow.utils.validation).
@@ -104,6 +106,8 @@ def _transport_error(exc: BaseException) -> str | None:
 
 def _describe(exc: BaseException) -> tuple[str, bool]:
     """(PHI-free reason, whether the tracking store is unusable)."""
+    if isinstance(exc, BrokenStore):  # our own message: the file and the fix
+        return str(exc), True
     transport = _transport_error(exc)
     if transport is not None:
         return f"{transport} ({type(exc).__name__})", True
@@ -167,6 +171,7 @@ class Tracker:
         db = _sqlite_path(self._uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+            repair_sqlite_store(db)  # a half-created file (kill -9) would break it for good
         return MlflowClient(tracking_uri=self._uri, registry_uri=self._uri)
 
     def _fail(self, op: str, reason: str, down: bool = False) -> None:

@@ -10,6 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import mr_slice, save, write_series
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.uid import generate_uid
 
 from cad.io.check import check_folder
@@ -112,3 +114,62 @@ def test_a_small_deflated_file_that_inflates_far_beyond_its_header_is_refused(go
     assert path.stat().st_size < 2**20
     outcome, reason = _outcomes(good)["bomb.dcm"]
     assert outcome is Outcome.CORRUPT and "inflates to more than" in reason
+
+
+# -- fuzzing: mutated copies of a valid file, each must end in exactly one typed outcome
+
+_MUTATION = st.tuples(
+    st.sampled_from(["flip", "cut", "insert", "zero-run"]),
+    st.floats(0, 1, exclude_max=True),  # where, as a share of the file
+    st.integers(0, 255),
+)
+
+
+def _mutate(data: bytes, mutations: list[tuple[str, float, int]]) -> bytes:
+    buf = bytearray(data)
+    for op, where, value in mutations:
+        at = int(where * len(buf)) if buf else 0
+        if op == "flip" and buf:
+            buf[at] ^= value or 1
+        elif op == "cut":
+            del buf[at:]
+        elif op == "insert":
+            buf[at:at] = bytes([value]) * (1 + value % 7)
+        elif buf:
+            buf[at : at + 1 + value] = bytes(min(1 + value, len(buf) - at))
+    return bytes(buf)
+
+
+@pytest.fixture(scope="module")
+def valid_file(tmp_path_factory) -> bytes:
+    return save(_slice(), tmp_path_factory.mktemp("valid") / "x.dcm").read_bytes()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mutations=st.lists(_MUTATION, min_size=1, max_size=4))
+def test_fuzzed_files_always_get_exactly_one_typed_outcome(valid_file, tmp_path, mutations):
+    folder = tmp_path / f"fuzz-{abs(hash(tuple(mutations)))}"
+    folder.mkdir()
+    (folder / "f.dcm").write_bytes(_mutate(valid_file, mutations))
+    records = check_folder(folder).records
+    assert len(records) == 1 and isinstance(records[0].outcome, Outcome)
+    assert records[0].outcome is not Outcome.PROCESSING_ERROR, records[0].reason  # never a bug
+
+
+def test_data_check_over_fuzzed_files_exits_0_or_1_without_a_traceback(valid_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from cad.cli import app
+
+    rng = np.random.default_rng(5)
+    for i in range(20):
+        ops = [(str(rng.choice(["flip", "cut", "insert", "zero-run"])), rng.random(),
+                int(rng.integers(256))) for _ in range(rng.integers(1, 4))]  # fmt: skip
+        (tmp_path / f"f{i:02d}.dcm").write_bytes(_mutate(valid_file, ops))
+    report = tmp_path.parent / f"{tmp_path.name}-report.csv"
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path), "--report", str(report)])
+    assert result.exit_code in (0, 1), result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert len(report.read_text().splitlines()) == 1 + 20

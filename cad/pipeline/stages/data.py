@@ -12,7 +12,9 @@ from cad.artifacts.images import ImageSet
 from cad.artifacts.splits import SplitAssignment, Splits, SplitSize
 from cad.config import IngestConfig, InputConfig, PhantomConfig, SplitConfig
 from cad.data.samples import column
+from cad.errors import DataError
 from cad.log import progress
+from cad.phi import Pseudonymizer
 from cad.pipeline.stage import Settings, Stage, StageContext
 
 
@@ -68,7 +70,11 @@ class ManifestStage(Stage[ManifestSettings]):
         from cad.data.manifest import build_from_boxes, write_manifest
 
         rows = build_from_boxes(
-            archive.dicom_root, archive.boxes_csv, margin=settings.margin, unboxed="negative"
+            archive.dicom_root,
+            archive.boxes_csv,
+            margin=settings.margin,
+            unboxed="negative",
+            pseudonymizer=Pseudonymizer(ctx.secret),  # the workdir's secret, not the cwd's
         )
         write_manifest(rows, ManifestFile.csv_in(ctx.out))
         return {"items": len(rows), "positives": sum(r.label for r in rows)}
@@ -117,6 +123,7 @@ class IngestStage(Stage[IngestSettings]):
         else:  # the graph builder always gives one of the two
             raise ValueError("ingest needs a manifest artifact and archive, or local paths")
         rows = read_manifest(manifest_csv)
+        check_both_classes(rows)
         folders = len({(r.path, r.series) for r in rows})
         with progress("ingest", folders, "studies") as advance:
             meta = run_ingest(
@@ -129,6 +136,19 @@ class IngestStage(Stage[IngestSettings]):
                 progress=advance,
             )
         return {**meta, "input": settings.input.model_dump(mode="json")}
+
+
+def check_both_classes(rows: list) -> None:
+    """Training needs positive and negative slices; say so before any decoding (and before
+    imbalanced-learn or the stratified split fail on one class)."""
+    labels = {r.label for r in rows}
+    if len(labels) < 2:
+        only = "positive (1)" if labels == {1} else "negative (0)"
+        raise DataError(
+            f"every row of the manifest (data.manifest) is {only}: a classifier needs both "
+            "labels; add the other class's slices (cad data manifest --unboxed negative "
+            "labels patients without a box as negative)"
+        )
 
 
 class SplitSettings(Settings):
