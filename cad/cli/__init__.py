@@ -7,7 +7,7 @@ unusable, the rest processed); 2 usage, configuration, weights or model errors.
 
 from __future__ import annotations
 
-from cad.cli import backbones, compare, data, doctor, pretrain, run  # noqa: F401  (registers the subcommands)
+from cad.cli import backbones, compare, data, doctor, pacs, pretrain, run  # noqa: F401  (registers the subcommands)
 from cad.cli.app import app, register_score
 
 register_score()
