@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The real services the tests use, from Debian's packages: PostgreSQL (the team tracking
-# server's store), curl (its health checks). Installed only when missing; tests that need a
+# server's store), curl (its health checks), Orthanc and its DICOMweb plugin (the PACS of
+# tests/pacs). Installed only when missing; tests that need a
 # service skip with the reason when it is absent.
 set -euo pipefail
-PACKAGES=(postgresql curl)
+PACKAGES=(postgresql curl orthanc orthanc-dicomweb)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" > /dev/null 2>&1 || missing+=("$pkg")
