@@ -44,6 +44,9 @@ class DicomWebClient:
         if credentials is not None:
             session.auth = (credentials.user, credentials.password)
         self.web = DICOMwebClient(target.url, session=session, timeout=timeout)
+        # dicomweb-client retries every failure 5 times (30 s of back-off on a refused
+        # connection); 3 attempts over 3 s still ride out a busy PACS's 503
+        self.web.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
 
     def _http(self, exc: Exception, doing: str) -> PacsError:
         """A requests failure -> the typed error with the fix (never the URL or reply)."""
