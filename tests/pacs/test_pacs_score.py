@@ -140,3 +140,80 @@ def test_broken_transfer_stages_nothing_and_a_rerun_completes(
     assert len(calls) == 1  # the staged study was not fetched again
     assert out.read_bytes() == baseline.read_bytes()
     assert not staging.exists()
+
+
+def _phi(export: Path) -> set[str]:
+    import pydicom
+
+    found = set()
+    for path in export.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in ("PatientID", "PatientName", "AccessionNumber", "StudyInstanceUID"):
+            found.add(str(ds.get(keyword) or ""))
+    return {value for value in found if len(value) >= 6}
+
+
+@pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
+def test_accession_and_patient_queries_keep_phi_out(
+    kind, orthanc, export, package, login, tmp_path
+):
+    """Query files carry PHI; the console, logs and outputs must not."""
+    import pydicom
+
+    if kind == "dicomweb" and not orthanc.dicomweb:
+        pytest.skip("the Orthanc DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+    url = orthanc.dicomweb_url if kind == "dicomweb" else orthanc.dimse_url
+    first = pydicom.dcmread(next(iter(sorted(export.rglob("*.dcm")))), stop_before_pixels=True)
+    (tmp_path / "acc.txt").write_text(f"{first.AccessionNumber}\n")
+    (tmp_path / "map.csv").write_text(f"pseudonym,patient_id\npat-x,{first.PatientID}\n")
+    for option, name in (("--accessions", "acc.txt"), ("--patients", "map.csv")):
+        out = tmp_path / name.replace(".", "_") / "p.csv"
+        result = run(url, out, option, str(tmp_path / name), "--calling-aet", CAD_AET,
+                     "--keep-staged", package=package)  # fmt: skip
+        assert result.exit_code == 1, result.output  # the one study, with its SR
+        assert [t["outcome"] for t in transfers(out)] == ["retrieved"]
+        staged = out.with_name("p.staged") / "studies"
+        assert len(list(staged.iterdir())) == 1 and "patient data" in result.output
+        texts = [result.output] + [p.read_text() for p in out.parent.glob("*.csv")]
+        texts += [" ".join(str(p) for p in staged.rglob("*"))]  # staged names are keys
+        leaked = [v for v in _phi(export) for text in texts if v in text]
+        assert not leaked, leaked
+
+
+def test_pacs_killed_during_c_get_then_rerun(export, baseline, package, tmp_path):
+    """A real interruption: Orthanc dies in the middle of a study's C-GET. Nothing of that
+    study is staged; after a restart the rerun fetches the rest and matches the folder."""
+    from conftest import files
+    from orthanc_server import Orthanc
+
+    from cad.pacs.errors import PacsUnreachable
+    from cad.pacs.score import score_pacs
+
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        server.upload(files(export))
+        received = [0]
+
+        def on_file() -> None:
+            received[0] += 1
+            if received[0] == 45:  # within the second study (35-36 instances each)
+                server.kill()
+
+        out = tmp_path / "predictions.csv"
+        options = dict(study_date="19000101-20991231", level="patient", workers=0)
+        options |= dict(progress=False, calling_aet=CAD_AET, timeout=10)
+        first = score_pacs(package, server.dimse_url, out, _on_file=on_file, **options)
+        assert [t.outcome for t in first.transfers] == ["retrieved", "transfer-failed"]
+        assert first.exit_code == 1 and first.studies_scored == 1
+        staging = Path(first.staging)
+        assert len(list((staging / "studies").iterdir())) == 1
+        assert not list((staging / "incoming").iterdir())
+        with pytest.raises(PacsUnreachable):  # the PACS is down: a typed error, exit 2
+            score_pacs(package, server.dimse_url, out, **options)
+        assert len(list((staging / "studies").iterdir())) == 1  # nothing staged was lost
+        server.start()
+        second = score_pacs(package, server.dimse_url, out, **options)
+        assert [t.outcome for t in second.transfers] == ["already-staged", "retrieved"]
+        assert out.read_bytes() == baseline.read_bytes() and not staging.exists()
+    finally:
+        server.stop()
