@@ -34,6 +34,10 @@ class PacsClient(Protocol):
         """The studies matching one filter (PacsError when the PACS cannot answer)."""
         ...
 
+    def count_instances(self, study: RemoteStudy) -> int:
+        """How many instances the study holds (when the study search did not say)."""
+        ...
+
     def retrieve(
         self, study: RemoteStudy, folder: Path, name: Namer, on_file: Callable[[], None]
     ) -> int:

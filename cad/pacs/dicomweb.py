@@ -94,7 +94,7 @@ class DicomWebClient:
             uid = _value(item, STUDY_UID)
             if uid:
                 count = _value(item, N_INSTANCES)
-                instances = int(count) if count is not None else None
+                instances = int(str(count)) if count is not None else None
                 studies.append(
                     RemoteStudy(str(uid), str(_value(item, PATIENT_ID) or ""), instances)
                 )

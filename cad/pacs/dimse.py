@@ -32,10 +32,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     StudyRootQueryRetrieveInformationModelFind as FIND,
 )
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet as GET,
 )
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "scoring")]
 
-from orthanc_server import Orthanc, orthanc_missing  # noqa: E402
+from orthanc_server import Orthanc, dicom_files, orthanc_missing  # noqa: E402
 from score_helpers import SECRET, make_model, package_meta  # noqa: E402
 
 PACS_ENV = ("CAD_PACS_USER", "CAD_PACS_PASSWORD", "CAD_PACS_CREDENTIALS")
@@ -60,16 +60,12 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return info.dicom_root
 
 
-def files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory, export: Path):
     if reason := orthanc_missing():
         pytest.skip(reason)
     server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    server.upload(files(export))
+    server.upload(dicom_files(export))
     yield server
     server.stop()
 

@@ -132,6 +132,11 @@ class Orthanc:
             self.process.wait()
 
 
+def dicom_files(root: Path) -> list[Path]:
+    """Every file below ``root`` (what is uploaded), sorted."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+
+
 def orthanc_missing() -> str:
     """Why the Orthanc tests cannot run here ('' when they can)."""
     if not ORTHANC.is_file() or shutil.which(str(ORTHANC)) is None:

@@ -183,15 +183,14 @@ def test_accession_and_patient_queries_keep_phi_out(
 def test_pacs_killed_during_c_get_then_rerun(export, baseline, package, tmp_path):
     """A real interruption: Orthanc dies in the middle of a study's C-GET. Nothing of that
     study is staged; after a restart the rerun fetches the rest and matches the folder."""
-    from conftest import files
-    from orthanc_server import Orthanc
+    from orthanc_server import Orthanc, dicom_files
 
     from cad.pacs.errors import PacsUnreachable
     from cad.pacs.score import score_pacs
 
     server = Orthanc(tmp_path / "orthanc").start()
     try:
-        server.upload(files(export))
+        server.upload(dicom_files(export))
         received = [0]
 
         def on_file() -> None:
