@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The real services the tests use, from Debian's packages: PostgreSQL (the team tracking
-# server's store), curl (its health checks), Chromium (the pages a person looks at: the
-# MLflow UI). Installed only when missing; tests that need a
-# service skip with the reason when it is absent.
+# server's store), curl (its health checks), Orthanc and its DICOMweb plugin (the PACS of
+# tests/pacs), Chromium (the pages a person looks at: the MLflow UI). Installed only when
+# missing; tests that need a service skip with the reason when it is absent.
 set -euo pipefail
-PACKAGES=(postgresql curl chromium)
+PACKAGES=(postgresql curl orthanc orthanc-dicomweb chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" > /dev/null 2>&1 || missing+=("$pkg")

@@ -69,6 +69,7 @@ LOWER_NEVER_IMPORTS = {
     "cad.finetune": ("cad.pipeline", "cad.cli", "cad.api"),
     "cad.pipeline": ("cad.cli", "cad.api"),
     "cad.scoring": ("cad.pipeline", "cad.cli", "cad.api"),
+    "cad.pacs": ("cad.pipeline", "cad.cli", "cad.api", "cad.finetune", "cad.data"),
     "cad.config": ("cad.pipeline", "cad.artifacts", "cad.cli", "cad.api"),
 }
 

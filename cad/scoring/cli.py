@@ -5,16 +5,22 @@ Imported when the ``cad`` CLI starts, so it imports nothing heavy at module leve
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cad.errors import CadError
+from cad.pacs import cli as pacs_cli
+
 
 def score_command(
     dicom_dir: Annotated[
-        Path, typer.Argument(help="Root folder of a DICOM export; walked recursively.")
-    ],
+        Path | None,
+        typer.Argument(help="Root folder of a DICOM export; walked recursively (or --pacs)."),
+    ] = None,
+    *,
     model: Annotated[
         str,
         typer.Option(
@@ -75,8 +81,15 @@ def score_command(
             "join the N outputs with `cad score merge`."
         ),
     ] = None,
+    pacs: pacs_cli.Pacs = None,
+    study_date: pacs_cli.StudyDate = None,
+    accessions: pacs_cli.Accessions = None,
+    patients: pacs_cli.Patients = None,
+    calling_aet: pacs_cli.CallingAet = "CAD",
+    staging: pacs_cli.Staging = None,
+    keep_staged: pacs_cli.KeepStaged = False,
 ) -> None:
-    """Score every DICOM study below DICOM_DIR with a trained model.
+    """Score every DICOM study below DICOM_DIR (or from --pacs URL) with a trained model.
 
     Preprocessing comes from the model package and runs through the training code.
     Outputs carry keyed pseudonyms only (no names, IDs, dates, UIDs or paths). Files of a
@@ -92,10 +105,20 @@ def score_command(
     """
     from cad.scoring.api import score_folder
 
-    summary = score_folder(
+    pacs_options = dict(study_date=study_date, accessions=accessions, patients=patients)
+    pacs_options |= dict(staging=staging, keep_staged=keep_staged)
+    pacs_cli.check_source(dicom_dir, pacs, pacs_options)
+    if pacs is not None:
+        from cad.pacs.score import score_pacs
+
+        if shard is not None:
+            raise CadError("--shard applies to folders; a PACS query is scored in one run")
+        scorer = functools.partial(score_pacs, pacs=pacs, calling_aet=calling_aet, **pacs_options)
+    else:
+        scorer = functools.partial(score_folder, dicom_dir=dicom_dir, shard=shard)
+    summary = scorer(
         model,
-        dicom_dir,
-        out,
+        out=out,
         errors=errors,
         level=level,
         batch_size=batch_size,
@@ -104,9 +127,10 @@ def score_command(
         cam_dir=cam,
         key_map=key_map,
         tracking_uri=tracking_uri,
-        shard=shard,
     )
     _print_summary(summary, cam is not None, key_map is not None)
+    if pacs is not None:
+        pacs_cli.print_transfers(summary)
     raise typer.Exit(summary.exit_code)
 
 
