@@ -93,11 +93,11 @@ def send_command(
     files were refused (listed by pseudonymous file key); 2: PACS unreachable or
     credentials refused."""
     from cad.log import console
-    from cad.pacs.send import send_results
+    from cad.pacs.send import expand, secret_folder, send_results
     from cad.phi import Pseudonymizer, load_secret
 
     report = send_results(pacs, list(files), calling_aet)
-    pseudo = Pseudonymizer(load_secret())
+    pseudo = Pseudonymizer(load_secret(secret_folder(expand(list(files)))))
     for path, error in report.failed.items():
         console.print(f"not stored: {pseudo.file(path)}: {error}", highlight=False)
     console.print(

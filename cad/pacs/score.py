@@ -90,7 +90,7 @@ def score_pacs(
     client = open_client(pacs, calling_aet, timeout)
     area = Staging(staging if staging is not None else default_staging(out)).open()
     log.info("staging retrieved studies (patient data) in %s", area.root)
-    pseudo = Pseudonymizer(load_secret())
+    pseudo = Pseudonymizer(load_secret(out.parent))  # the secret lives beside the outputs
     try:
         transfers = fetch(client, filters, area, pseudo, _on_file)
     finally:

@@ -42,6 +42,11 @@ def expand(paths: list[str | Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def secret_folder(files: list[Path]) -> Path:
+    """Where the secret that names these files lives: beside the data (the folder sent)."""
+    return files[0].parent
+
+
 def send_results(
     pacs: str, paths: list[str | Path] | str | Path, calling_aet: str | None = None
 ) -> SendReport:
@@ -55,7 +60,7 @@ def send_results(
         raise PacsError("no files to send; pass the folder --dicom-out wrote, or DICOM files")
     client = open_client(pacs, calling_aet)
     report = SendReport(client.target.url)
-    pseudo = Pseudonymizer(load_secret())
+    pseudo = Pseudonymizer(load_secret(secret_folder(files)))
     try:
         for path in files:
             try:
