@@ -138,7 +138,13 @@ def test_summary_matches_mlflow(smoke):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.params["finetune.epochs"] == "1"
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.md", "comparison.csv", "layer_f1_comparison.png"} <= parent_files
+    assert {
+        "comparison.md",
+        "comparison.csv",
+        "layer_f1_comparison.png",
+        "test_metrics_comparison.png",
+        "roc_comparison.png",
+    } <= parent_files
     deepest = max(create_backbone("resnet18").spec.node_depths)
     for r in summary["results"]:
         run = client.get_run(r["mlflow_run_id"])

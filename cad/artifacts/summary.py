@@ -114,6 +114,8 @@ class RunDir:
     COMPARISON = "layer_f1_comparison.png"
     COMPARISON_TABLE = "comparison.md"
     COMPARISON_CSV = "comparison.csv"
+    COMPARISON_METRICS = "test_metrics_comparison.png"
+    COMPARISON_ROC = "roc_comparison.png"
     CONFIG = "config.resolved.yaml"
 
     def __init__(self, root: str | Path) -> None:

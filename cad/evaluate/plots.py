@@ -257,6 +257,61 @@ def plot_layer_comparison(
     return _save(fig, path)
 
 
+def plot_roc_comparison(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path, title: str
+) -> Path:
+    """The test ROC curves of several backbones on one chart, each with its AUC."""
+    fig = _new_figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    for label, (y_true, y_prob) in curves.items():
+        y, p = np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=float).ravel()
+        if _two_classes(y):
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {roc_auc_score(y, p):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity (FPR)", title=title)
+    ax.set(ylabel="sensitivity (TPR)")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_metric_comparison(
+    rows: Mapping[str, Mapping[str, tuple[float, float, float]]],
+    chance: Mapping[str, float],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Test metrics per backbone as bars with their patient-bootstrap intervals as error
+    bars (``rows[label][metric] = (value, low, high)``), each metric's chance level dashed."""
+    metrics = list(chance)
+    fig = _new_figure(1.6 + 1.8 * len(metrics), 4.0)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(metrics), dtype=float)
+    for i, (label, values) in enumerate(rows.items()):
+        v = np.array([values[m][0] for m in metrics], dtype=float)
+        err = np.array(
+            [[v[j] - values[m][1], values[m][2] - v[j]] for j, m in enumerate(metrics)]
+        ).T
+        ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width,
+            v,
+            width,
+            yerr=np.abs(err),
+            capsize=3,
+            label=label,
+        )
+    for j, m in enumerate(metrics):
+        ax.hlines(chance[m], j - 0.45, j + 0.45, colors="grey", linestyles="--", lw=1)
+    ax.plot([], [], color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, metrics)
+    ax.set(ylim=(0, 1.05), ylabel="test value (95% patient bootstrap)", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small", ncol=2)
+    return _save(fig, path)
+
+
 def plot_reliability(
     y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, title: str, bins: int = 10
 ) -> Path:

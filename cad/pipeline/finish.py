@@ -154,6 +154,29 @@ def write_comparison(summary: RunSummary, workdir: RunDir) -> None:
         writer.writerows(rows)
 
 
+def _plot_test_comparison(result: RunResult, summary: RunSummary, workdir: RunDir) -> None:
+    """The parent's at-a-glance test plots: metrics with intervals, and all ROC curves."""
+    from cad.evaluate.plots import plot_metric_comparison, plot_roc_comparison
+
+    labels = [f"{c.backbone} r{c.round}" for c in summary.results]
+    rows = {
+        label: {m: (c.test[m].value, c.test[m].low, c.test[m].high) for m in ("f1", "roc_auc")}
+        for label, c in zip(labels, summary.results, strict=True)
+    }
+    chance_f1 = max((c.test_chance.f1_all_positive for c in summary.results), default=0.0)
+    plot_metric_comparison(
+        rows,
+        {"f1": chance_f1, "roc_auc": 0.5},
+        workdir.file(RunDir.COMPARISON_METRICS),
+        "Test F1 and ROC AUC (slice level)",
+    )
+    curves = {}
+    for label, chain in zip(labels, result.chains, strict=True):
+        rows_ = chain.evaluate.predictions()
+        curves[label] = ([int(r["label"]) for r in rows_], [float(r["probability"]) for r in rows_])
+    plot_roc_comparison(curves, workdir.file(RunDir.COMPARISON_ROC), "Test ROC (slice level)")
+
+
 def finish_run(result: RunResult, started: float, track: bool = True) -> RunSummary:
     """Write the summary, the comparison plot, MLflow (unless off) and the report."""
     from cad.evaluate.plots import plot_layer_comparison
@@ -170,6 +193,7 @@ def finish_run(result: RunResult, started: float, track: bool = True) -> RunSumm
     }
     chance = max((c.probe.chance_f1_all_positive for c in summary.results), default=None)
     plot_layer_comparison(curves, workdir.file(RunDir.COMPARISON), chance=chance)
+    _plot_test_comparison(result, summary, workdir)
     write_comparison(summary, workdir)
     if track and result.config.tracking.enabled:
         from cad.pipeline.mlflow_log import log_run

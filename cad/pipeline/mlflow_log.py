@@ -167,7 +167,13 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
         redacted.parent.mkdir(parents=True, exist_ok=True)
         redacted.write_text(dump_config(redact_paths(cfg)))
         tracker.log_artifact(parent, redacted)
-        for name in (RunDir.COMPARISON, RunDir.COMPARISON_TABLE, RunDir.COMPARISON_CSV):
+        for name in (
+            RunDir.COMPARISON,
+            RunDir.COMPARISON_METRICS,
+            RunDir.COMPARISON_ROC,
+            RunDir.COMPARISON_TABLE,
+            RunDir.COMPARISON_CSV,
+        ):
             if result.workdir.file(name).is_file():
                 tracker.log_artifact(parent, result.workdir.file(name))
     runs: dict[str, str | None] = {}

@@ -87,11 +87,12 @@ def pretrain(
         aux = _detach_aux_heads(backbone)
         model = _Logits(backbone, source.classes, in_chans, size).to(runtime.device)
     normalize = Normalize(spec.mean, spec.std, in_chans).to(runtime.device)
+    base_lr = cfg.lr if _normalized(backbone) else cfg.lr * cfg.unnormalized_lr_scale
     decay = [p for p in model.parameters() if p.dim() > 1]
     rest = [p for p in model.parameters() if p.dim() <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=cfg.lr,
+        lr=base_lr,
         fused=True,  # ~7x faster on CPU for big layers (VGG's fc6 has 103M weights)
     )
     scaler = torch.amp.GradScaler("cuda") if runtime.uses_grad_scaler else None
@@ -114,7 +115,7 @@ def pretrain(
         model.train()
         while step < cfg.steps:
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, cfg)
+                group["lr"] = _lr(step, cfg, base_lr)
             images, labels = source.batch(cfg.batch_size, size, data)
             images, labels = images.to(runtime.device), labels.to(runtime.device)
             with runtime.autocast():
@@ -156,10 +157,19 @@ def _detach_aux_heads(backbone: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _lr(step: int, cfg: PretrainConfig) -> float:
+def _normalized(backbone: nn.Module) -> bool:
+    """Whether the network normalizes its activations (batch/group/layer/instance norm)."""
+    kinds = (
+        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+        nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d,
+    )  # fmt: skip
+    return any(isinstance(m, kinds) for m in backbone.modules())
+
+
+def _lr(step: int, cfg: PretrainConfig, base_lr: float) -> float:
     """Linear warm-up, then cosine decay to zero."""
     warm = max(1, int(cfg.warmup * cfg.steps))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        return base_lr * (step + 1) / warm
     progress = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))

@@ -44,6 +44,18 @@ CASES = {
         },
         path,
     ),
+    "roc_comparison": lambda path: plots.plot_roc_comparison(
+        {"vgg16": (Y, P), "resnet50": (Y, 1 - P), "one class": (np.ones(4), P[:4])}, path, "ROC"
+    ),
+    "metric_comparison": lambda path: plots.plot_metric_comparison(
+        {
+            "vgg16": {"f1": (0.7, 0.6, 0.8), "roc_auc": (0.8, 0.7, 0.9)},
+            "resnet50": {"f1": (0.5, 0.3, 0.6), "roc_auc": (0.6, 0.5, 0.75)},
+        },
+        {"f1": 0.3, "roc_auc": 0.5},
+        path,
+        "test",
+    ),
 }
 
 

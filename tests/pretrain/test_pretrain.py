@@ -182,3 +182,24 @@ def test_a_source_task_not_learned_is_said_so():
     assert not flat.learned and "NOT LEARNED" in flat.label
     learned = PretrainRecord(source_accuracy=0.23, **base)
     assert learned.learned and "NOT LEARNED" not in learned.label
+
+
+def test_networks_without_normalization_train_at_the_scaled_lr(monkeypatch):
+    """VGG-style nets (no normalization layers) get ``lr * unnormalized_lr_scale``; at the
+    full lr VGG16 stays at chance loss (README: pretraining)."""
+    import cad.pretrain.train as train
+
+    seen: list[float] = []
+    real = torch.optim.AdamW
+
+    def recording(params, lr, **kwargs):
+        seen.append(lr)
+        return real(params, lr=lr, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    cfg = PretrainConfig(steps=1, batch_size=2, size=32, lr=1e-3, unnormalized_lr_scale=0.1)
+    assert not train._normalized(create_backbone("lenet5", weights="random").model)
+    assert train._normalized(create_backbone("resnet18", weights="random").model)
+    pretrain("lenet5", 1, cfg)
+    pretrain("resnet18", 1, cfg)
+    assert seen == [pytest.approx(1e-4), pytest.approx(1e-3)]
