@@ -276,9 +276,12 @@ def test_compare_prints_and_writes_the_run_table(smoke, tmp_path):
     from cad.cli import app
 
     _, workdir, _ = smoke
-    out = tmp_path / "table.csv"
-    result = CliRunner().invoke(app, ["compare", str(workdir), "--csv", str(out)])
+    out, page = tmp_path / "table.csv", tmp_path / "compare.html"
+    result = CliRunner().invoke(
+        app, ["compare", str(workdir), "--csv", str(out), "--html", str(page)]
+    )
     assert result.exit_code == 0, result.output
+    assert page.read_text().count('src="data:image/png;base64,') == 3  # the page stands alone
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
     summary = json.loads((workdir / "summary.json").read_text())
@@ -286,3 +289,6 @@ def test_compare_prints_and_writes_the_run_table(smoke, tmp_path):
         (r["backbone"], str(r["round"])) for r in summary["results"]
     ]
     assert (workdir / "comparison.csv").read_text() == out.read_text()
+    seen = rendered_text(page.as_uri(), expect=rows[0]["fine-tuning node"])
+    for row in rows:  # what a person sees in a browser: every row's backbone and nodes
+        assert row["backbone"] in seen and row["fine-tuning node"] in seen

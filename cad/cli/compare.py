@@ -20,6 +20,10 @@ def compare(
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Also write the table as CSV here.")
     ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write one self-contained page: the table and plots."),
+    ] = None,
 ) -> None:
     """One row per backbone and round of every run: weights, both nodes, probe F1 and its
     chance level, validation F1, test F1 and ROC AUC with their intervals, patient ROC AUC
@@ -33,8 +37,8 @@ def compare(
     from cad.pipeline.finish import comparison_rows
 
     rows: list[dict[str, str]] = []
-    for workdir in workdirs:
-        run = RunDir(workdir)
+    runs = [RunDir(workdir) for workdir in workdirs]
+    for workdir, run in zip(workdirs, runs, strict=True):
         if not run.summary_path.is_file():
             raise CadError(f"{workdir}: no summary.json; pass the workdir of a finished cad run")
         for row in comparison_rows(run.read_summary()):
@@ -52,3 +56,7 @@ def compare(
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if html_out is not None:
+        from cad.pipeline.compare_page import write_compare_page
+
+        write_compare_page(rows, runs, html_out)
