@@ -190,8 +190,21 @@ def test_the_mlflow_ui_opens_on_the_backbone_comparison(smoke, tmp_path):
     assert "viewStateShareKey=" in link and "workflowType=machine_learning" in link
     titles = {r["mlflow_run_id"]: f"{r['backbone']} round {r['round']}" for r in summary["results"]}
     by_auc = sorted(summary["results"], key=lambda r: -r["test"]["roc_auc"]["value"])
+    experiment, parent = link.split("/")[2], summary["tracking"]["parent_run_id"]
+    children = json.dumps(list(titles))
     with mlflow_server(tmp_path, summary["tracking"]["uri"]) as url:
         text = rendered_text(f"{url}/{link}", expect=titles[by_auc[-1]["mlflow_run_id"]])
+        artifacts = rendered_text(
+            f"{url}/#/experiments/{experiment}/runs/{parent}/artifacts", expect="roc_comparison"
+        )
+        compared = rendered_text(
+            f"{url}/#/compare-runs?runs={children}&experiments=[%22{experiment}%22]",
+            expect="probe_f1",
+        )
+    for name in ("comparison.md", "layer_f1_comparison.png", "test_metrics_comparison.png"):
+        assert name in artifacts, name  # the parent's at-a-glance comparison is listed
+    assert f"Comparing {len(titles)} Runs" in compared and "probe_f1" in compared
+    assert all(title in compared for title in titles.values())
     assert text.startswith("Runs - Experiment"), text[:300]  # not the GenAI traces page
     for column in ("probe_f1_best", "probe_chance_f1", "test_roc_auc", "test_f1", "test_ece"):
         assert column in text, column
