@@ -68,6 +68,14 @@ def score_command(
             "sqlite:///mlflow.db."
         ),
     ] = None,
+    dicom_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a DICOM Comprehensive SR per scored study into DIR/<study "
+            "pseudonym>/sr.dcm. It carries the study's real patient and study identifiers "
+            "(it belongs in the patient's study): keep DIR private."
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -105,12 +113,13 @@ def score_command(
         key_map=key_map,
         tracking_uri=tracking_uri,
         shard=shard,
+        dicom_out=dicom_out,
     )
-    _print_summary(summary, cam is not None, key_map is not None)
+    _print_summary(summary, cam is not None, key_map is not None, dicom_out is not None)
     raise typer.Exit(summary.exit_code)
 
 
-def _print_summary(summary, cam: bool, key_map: bool) -> None:
+def _print_summary(summary, cam: bool, key_map: bool, dicom_out: bool = False) -> None:
     from rich.table import Table
 
     from cad.log import console, print_table
@@ -128,6 +137,8 @@ def _print_summary(summary, cam: bool, key_map: bool) -> None:
     rows += [(f"not scored: {outcome}", n) for outcome, n in summary.errors.items()]
     if cam:
         rows.append(("heat maps", summary.cams))
+    if dicom_out:
+        rows.append(("DICOM SR documents", summary.dicom_results))
     for name, value in rows:
         table.add_row(name, str(value))
     print_table(table)
