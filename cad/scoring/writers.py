@@ -117,7 +117,7 @@ class Outputs:
             raise CadError(
                 "--resume: the interrupted run used a different "
                 f"{', '.join(changed) or 'configuration'} (model, folder contents, --level, "
-                "--key-map or --cam); rerun without --resume to start over"
+                "--key-map, --cam or --dicom-out); rerun without --resume to start over"
             )
         return saved
 
