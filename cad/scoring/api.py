@@ -195,7 +195,10 @@ def score_folder(
 
             meta = loaded.meta
             info = ModelInfo.from_package(meta.backbone, meta.round, meta.threshold, model_digest)
-            results = SrWriter(dicom_out, info, secret)
+            from cad.scoring.dicom_sc import CamMap
+
+            cam_map = CamMap(net, runtime.device, loaded.prepare_images)
+            results = SrWriter(dicom_out, info, secret, cam_map=cam_map)
         run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results)
         summary = run.execute(
             index, pool, out, errors, key_map, fingerprint, resume, progress, shard is not None

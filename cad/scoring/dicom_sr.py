@@ -1,9 +1,11 @@
-"""DICOM results of ``cad score --dicom-out``: one Comprehensive SR per scored study.
+"""DICOM results of ``cad score --dicom-out``: one Comprehensive SR per scored study,
+and the key image of its top slice (``cad.scoring.dicom_sc``) beside it.
 
 The SR goes back into the patient's own study, so it carries the study's real patient and
 study attributes, copied (by highdicom) from the source headers: the one place cad writes
-identifiers. It is filed under the study's pseudonym (``DIR/<study key>/sr.dcm``), never
-under a UID or patient ID, and nothing about it reaches the CSVs or logs.
+identifiers. It is filed under the study's pseudonym (``DIR/<study key>/sr.dcm``,
+``key_image.dcm``), never under a UID or patient ID, and nothing about it reaches the
+CSVs or logs.
 
 Content tree (codes from DCM/SCT; highdicom builds and checks the items)::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,7 @@ from cad import __version__
 from cad.errors import CadError
 from cad.io.index import StudyTask
 from cad.phi import Pseudonymizer
+from cad.scoring.dicom_sc import build_key_image
 from cad.scoring.infer import Scored
 
 log = logging.getLogger("cad.scoring")
@@ -55,6 +59,7 @@ log = logging.getLogger("cad.scoring")
 DISCLAIMER = "Research use only; not for diagnostic use"
 TOP_K = 3
 SR_NAME = "sr.dcm"
+KEY_IMAGE_NAME = "key_image.dcm"
 SERIES_NUMBER = 9901  # cad's results series in the study (a high number, after the scans)
 MANUFACTURER = "cad"
 
@@ -117,19 +122,33 @@ def _evidence(ds: Dataset) -> Dataset:
     return copy
 
 
-def build_sr(
-    scored: Scored, task: StudyTask, model: ModelInfo, secret: bytes, k: int = TOP_K
-) -> ComprehensiveSR:
-    """The SR of one scored study (``scored.probs`` non-empty, ``task`` its files)."""
-    r, pseudo = scored.result, Pseudonymizer(secret)
-    top = top_slices(scored.probs, k)
-    wanted = {r.instances[i] for i in top}
-    headers = _headers(task, wanted, pseudo)
+def source_headers(
+    scored: Scored, task: StudyTask, secret: bytes, k: int = TOP_K
+) -> dict[str, Dataset]:
+    """Instance key -> source header of the study's top-``k`` slices."""
+    r = scored.result
+    wanted = {r.instances[i] for i in top_slices(scored.probs, k)}
+    headers = _headers(task, wanted, Pseudonymizer(secret))
     if len(headers) != len(wanted):
         raise DicomResultError(
             f"study {r.study}: {len(wanted) - len(headers)} source file(s) of its top slices "
             "could not be re-read (changed or removed since scoring); rerun cad score"
         )
+    return headers
+
+
+def build_sr(
+    scored: Scored, task: StudyTask, model: ModelInfo, secret: bytes, k: int = TOP_K
+) -> ComprehensiveSR:
+    """The SR of one scored study (``scored.probs`` non-empty, ``task`` its files)."""
+    return sr_from_headers(scored, source_headers(scored, task, secret, k), model, k)
+
+
+def sr_from_headers(
+    scored: Scored, headers: dict[str, Dataset], model: ModelInfo, k: int = TOP_K
+) -> ComprehensiveSR:
+    r = scored.result
+    top = top_slices(scored.probs, k)
     peak = float(np.max(scored.probs))
     finding = codes.SCT.Abnormal if peak >= model.threshold else codes.SCT.Normal
     root = ContainerContentItem(CAD_SUMMARY, template_id=None)
@@ -192,25 +211,76 @@ def save_atomic(ds: Dataset, path: Path) -> None:
 
 
 class SrWriter:
-    """Writes ``DIR/<study key>/sr.dcm`` for each scored study; a study whose SR cannot be
-    built is logged (by pseudonym) and skipped, never aborting the run."""
+    """Writes ``DIR/<study key>/sr.dcm`` (and, with a ``cam_map``, ``key_image.dcm``) for
+    each scored study; a study whose results cannot be built is logged (by pseudonym) and
+    skipped, never aborting the run."""
 
-    def __init__(self, directory: Path, model: ModelInfo, secret: bytes, k: int = TOP_K) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        model: ModelInfo,
+        secret: bytes,
+        k: int = TOP_K,
+        cam_map: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ) -> None:
         self.directory = directory
         self.model = model
         self.secret = secret
         self.k = k
+        self.cam_map = cam_map  # dicom_sc.CamMap: the key image's Grad-CAM
         directory.mkdir(parents=True, exist_ok=True)
 
-    def path(self, study: str) -> Path:
-        return self.directory / study / SR_NAME
+    @property
+    def key_images(self) -> bool:
+        """Whether the run must keep each study's top slice (for the key image)."""
+        return self.cam_map is not None
+
+    def path(self, study: str, name: str = SR_NAME) -> Path:
+        return self.directory / study / name
 
     def write(self, scored: Scored, task: StudyTask) -> bool:
         """True when the SR was written."""
         try:
-            sr = build_sr(scored, task, self.model, self.secret, self.k)
+            headers = source_headers(scored, task, self.secret, self.k)
         except DicomResultError as exc:
             log.warning("--dicom-out: %s", exc)
             return False
-        save_atomic(sr, self.path(scored.result.study))
+        save_atomic(
+            sr_from_headers(scored, headers, self.model, self.k), self.path(scored.result.study)
+        )
+        if self.cam_map is not None and scored.top_image is not None:
+            self._key_image(scored, headers)
         return True
+
+    def _key_image(self, scored: Scored, headers: dict[str, Dataset]) -> None:
+        cam = self.cam_map(scored.top_image)
+        if cam is None:
+            log.warning("--dicom-out: the connection node has no spatial map; no key images")
+            self.cam_map = None
+            return
+        r = scored.result
+        index = top_slices(scored.probs, 1)[0]
+        source = headers[r.instances[index]]
+        title = (
+            f"{self.model.name}  p={float(scored.probs[index]):.3f}  "
+            f"slice {index + 1} of {len(scored.probs)}{_position(source)}"
+        )
+        sc = build_key_image(
+            source,
+            _evidence(source),
+            scored.top_image,
+            cam,
+            title,
+            DISCLAIMER,
+            [r.study, self.model.version],
+        )
+        save_atomic(sc, self.path(r.study, KEY_IMAGE_NAME))
+
+
+def _position(source: Dataset) -> str:
+    """The slice's position along its normal, in mm (from the source header)."""
+    position, cosines = source.get("ImagePositionPatient"), source.get("ImageOrientationPatient")
+    if not position or not cosines:
+        return ""
+    normal = np.cross(np.asarray(cosines[:3], float), np.asarray(cosines[3:], float))
+    return f"  position {float(np.dot(normal, np.asarray(position, float))):.1f} mm"

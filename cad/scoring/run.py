@@ -170,6 +170,7 @@ class Run:
             cam,
             self.loaded.prepare_images,
             self.loaded.calibrate,
+            keep_top=self.dicom_results is not None and self.dicom_results.key_images,
         )
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()

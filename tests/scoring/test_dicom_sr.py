@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from score_helpers import SECRET
 
 from cad.errors import CadError
@@ -108,9 +108,10 @@ def test_an_sr_per_scored_study_and_none_for_a_failed_one(export, sr_run):
     files = sorted(sr_run.dicom_out.rglob("*"))
     srs = [p for p in files if p.is_file()]
     studies = _by_study(_rows(sr_run.out))
-    assert sorted(p.parent.name for p in srs) == sorted(studies)  # named by study pseudonym
-    assert all(p.name == "sr.dcm" for p in srs) and len(srs) == len(export.scored_studies)
-    assert sr_run.summary.dicom_results == len(srs)
+    assert sorted(p.parent.name for p in srs if p.name == "sr.dcm") == sorted(studies)
+    assert sorted(p.name for p in srs) == sorted(["key_image.dcm", "sr.dcm"] * len(studies))
+    assert len(studies) == len(export.scored_studies)
+    assert sr_run.summary.dicom_results == len(studies)
     failed = pydicom.dcmread(export.missing_phase_files[0], stop_before_pixels=True)
     failed_key = Pseudonymizer(SECRET.encode()).study(str(failed.StudyInstanceUID))
     assert not (sr_run.dicom_out / failed_key).exists()
@@ -174,6 +175,25 @@ def test_sr_parses_and_references_the_top_slices(export, sr_run):
         assert texts["AlgorithmName"] == ["cad resnet18 round 1"]
         assert texts["AlgorithmVersion"][0].startswith("cad ")
     assert findings == {True, False}  # the threshold splits the studies
+
+
+def test_key_image_of_the_top_slice_with_burned_in_grad_cam(export, sr_run):
+    sources = _source_headers(export)
+    for study, rows in _by_study(_rows(sr_run.out)).items():
+        ds = pydicom.dcmread(sr_run.dicom_out / study / "key_image.dcm")
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage and ds.Modality == "OT"
+        assert ds.BurnedInAnnotation == "YES" and ds.PhotometricInterpretation == "RGB"
+        top = max(rows, key=lambda r: float(r["probability"]))
+        source = sources[top["instance"]]
+        (ref,) = ds.SourceImageSequence
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.PatientID == source.PatientID
+        pixels = ds.pixel_array
+        assert pixels.ndim == 3 and pixels.shape[2] == 3
+        # the heat map is in colour: many pixels are far from gray
+        spread = pixels.max(axis=2).astype(int) - pixels.min(axis=2)
+        assert (spread > 60).mean() > 0.1
 
 
 def test_csv_and_log_stay_phi_free(export, sr_run):
