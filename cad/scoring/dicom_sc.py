@@ -70,6 +70,7 @@ def render(image: np.ndarray, cam: np.ndarray, title: str, footer: str) -> np.nd
     heat = ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
     ax.set_axis_off()
     bar = fig.colorbar(heat, cax=fig.add_axes((0.84, 0.08, 0.04, 0.82)))
+    bar.solids.set_alpha(1)  # the bar shows the colours, not the blend
     bar.set_label("Grad-CAM (relative)", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.text(0.5, 0.02, footer, ha="center", fontsize=8)
