@@ -109,10 +109,9 @@ class Outputs:
                 "rerun without --resume"
             )
         if saved.get("fingerprint") != self.fingerprint:
-            changed = sorted(
-                k
-                for k in self.fingerprint
-                if saved.get("fingerprint", {}).get(k) != self.fingerprint[k]
+            before = saved.get("fingerprint", {})
+            changed = sorted(  # a key of either run: an option given to only one counts
+                k for k in {*self.fingerprint, *before} if before.get(k) != self.fingerprint.get(k)
             )
             raise CadError(
                 "--resume: the interrupted run used a different "

@@ -222,3 +222,41 @@ def test_unreadable_source_files_are_a_typed_error():
 def test_dicom_out_inside_the_input_is_refused(export, package, tmp_path):
     with pytest.raises(CadError, match="--dicom-out points inside DICOM_DIR"):
         score_folder(package, export.root, tmp_path / "p.csv", dicom_out=export.root / "sr")
+
+
+def test_cli_flag_writes_the_results(export, package, tmp_path):
+    from typer.testing import CliRunner
+
+    from cad.cli import app
+
+    results = tmp_path / "dicom"
+    args = ["score", str(export.root), "--model", str(package), "--out", str(tmp_path / "p.csv")]
+    result = CliRunner().invoke(app, [*args, "--workers", "0", "--dicom-out", str(results)])
+    assert result.exit_code == 1, result.output  # the export's bad files: partly scored
+    assert "DICOM SR documents" in result.output
+    assert len(list(results.glob("*/sr.dcm"))) == len(export.scored_studies)
+    assert not [value for value in export.phi if value in result.output]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_writes_the_remaining_studies_results(export, package, tmp_path):
+    def stop(done: int) -> None:
+        if done == 1:
+            raise Interrupt
+
+    results = tmp_path / "dicom"
+    options = dict(dicom_out=results, batch_size=8, workers=0, progress=False)
+    with pytest.raises(Interrupt):
+        score_folder(package, export.root, tmp_path / "p.csv", _on_commit=stop, **options)
+    first = {p.parent.name: pydicom.dcmread(p).SOPInstanceUID for p in results.glob("*/sr.dcm")}
+    assert len(first) == 1
+    summary = score_folder(package, export.root, tmp_path / "p.csv", resume=True, **options)
+    assert summary.resumed and summary.dicom_results == len(export.scored_studies)
+    again = {p.parent.name: pydicom.dcmread(p).SOPInstanceUID for p in results.glob("*/sr.dcm")}
+    assert len(again) == len(export.scored_studies)
+    assert {k: again[k] for k in first} == first  # the finished study's SR is kept as it was
+    with pytest.raises(CadError, match="dicom_out"):  # resuming without the flag is refused
+        score_folder(package, export.root, tmp_path / "p.csv", resume=True, workers=0)
