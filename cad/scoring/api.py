@@ -135,8 +135,8 @@ def score_folder(
     ``workers`` decode studies in parallel (0: in this process). ``shard="K/N"`` scores
     only the K-th of N deterministic shards (by patient) and records each patient's byte
     ranges, so that :func:`cad.scoring.merge.merge_shards` rebuilds exactly the files an
-    unsharded run writes. ``dicom_out``: a DICOM SR per scored study, in
-    ``dicom_out/<study key>/sr.dcm`` (see :mod:`cad.scoring.dicom_sr`). Raises CadError for
+    unsharded run writes. ``dicom_out``: a DICOM SR and a key image per scored study, in
+    ``dicom_out/<study key>/`` (see :mod:`cad.scoring.dicom_sr`). Raises CadError for
     usage and model problems; bad input files end up in the errors file, never raise.
     ``_on_commit(patients_done)`` is a test hook called after each finished patient.
     """
@@ -191,12 +191,11 @@ def score_folder(
         }
         results = None
         if dicom_out is not None:
+            from cad.scoring.dicom_sc import CamMap
             from cad.scoring.dicom_sr import ModelInfo, SrWriter
 
             meta = loaded.meta
             info = ModelInfo.from_package(meta.backbone, meta.round, meta.threshold, model_digest)
-            from cad.scoring.dicom_sc import CamMap
-
             cam_map = CamMap(net, runtime.device, loaded.prepare_images)
             results = SrWriter(dicom_out, info, secret, cam_map=cam_map)
         run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results)
