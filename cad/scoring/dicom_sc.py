@@ -51,9 +51,34 @@ def orientation_letter(direction: np.ndarray) -> str:
     return AXIS_LETTERS[axis][int(direction[axis] > 0)]
 
 
-def patient_orientation(source: Dataset) -> tuple[str, str]:
+def _functional(source: Dataset, frame: int | None, sequence: str, keyword: str):
+    """``keyword`` from a multi-frame file's per-frame, else shared functional groups."""
+    groups = []
+    if frame is not None and len(source.get("PerFrameFunctionalGroupsSequence") or []) >= frame:
+        groups.append(source.PerFrameFunctionalGroupsSequence[frame - 1])
+    groups += list(source.get("SharedFunctionalGroupsSequence") or [])
+    for group in groups:
+        for item in group.get(sequence) or []:
+            if keyword in item:
+                return item.get(keyword)
+    return None
+
+
+def geometry(source: Dataset, frame: int | None = None) -> tuple[list | None, list | None]:
+    """(ImagePositionPatient, ImageOrientationPatient) of a slice, for single- and
+    multi-frame (``frame``: 1-based) sources; None where absent."""
+    position = source.get("ImagePositionPatient") or _functional(
+        source, frame, "PlanePositionSequence", "ImagePositionPatient"
+    )
+    cosines = source.get("ImageOrientationPatient") or _functional(
+        source, frame, "PlaneOrientationSequence", "ImageOrientationPatient"
+    )
+    return (list(position) if position else None), (list(cosines) if cosines else None)
+
+
+def patient_orientation(source: Dataset, frame: int | None = None) -> tuple[str, str]:
     """(row, column) direction letters from the source's ImageOrientationPatient."""
-    cosines = np.asarray(source.get("ImageOrientationPatient") or [1, 0, 0, 0, 1, 0], float)
+    cosines = np.asarray(geometry(source, frame)[1] or [1, 0, 0, 0, 1, 0], float)
     return orientation_letter(cosines[:3]), orientation_letter(cosines[3:])
 
 
@@ -86,6 +111,7 @@ def build_key_image(
     title: str,
     footer: str,
     uid_seed: list[str],
+    frame: int | None = None,
 ) -> SCImage:
     """The Secondary Capture of one slice (``image``: (C, H, W) model input)."""
     pixels = render(image[0], cam, title, footer)
@@ -100,7 +126,7 @@ def build_key_image(
         sop_instance_uid=generate_uid(entropy_srcs=[*uid_seed, "sc"]),
         instance_number=1,
         manufacturer="cad",
-        patient_orientation=patient_orientation(source),
+        patient_orientation=patient_orientation(source, frame),
         transfer_syntax_uid="1.2.840.10008.1.2.1",  # Explicit VR Little Endian
         series_description="cad key image (Grad-CAM)",
     )
@@ -109,5 +135,7 @@ def build_key_image(
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:
+        ref.ReferencedFrameNumber = frame
     sc.SourceImageSequence = [ref]
     return sc

@@ -20,6 +20,7 @@ Content tree (codes from DCM/SCT; highdicom builds and checks the items)::
         CONTAINER Single Image Finding
           NUM    Probability of cancer  that slice's calibrated probability
           IMAGE  Source image           SOP Class / Instance UID of its file
+                                        (and frame number in a multi-frame file)
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from cad import __version__
 from cad.errors import CadError
 from cad.io.index import StudyTask
 from cad.phi import Pseudonymizer
-from cad.scoring.dicom_sc import build_key_image
+from cad.scoring.dicom_sc import build_key_image, geometry
 from cad.scoring.infer import Scored
+from cad.scoring.stream import StudyResult
 
 log = logging.getLogger("cad.scoring")
 
@@ -164,7 +166,8 @@ def sr_from_headers(
     ]
     key_images = ContainerContentItem(codes.DCM.KeyImages, relationship_type=CONTAINS)
     key_images.ContentSequence = [
-        _slice_finding(headers[r.instances[i]], scored.probs[i]) for i in top
+        _slice_finding(headers[r.instances[i]], scored.probs[i], frame_number(r, i, headers))
+        for i in top
     ]
     root.ContentSequence = [*items, key_images]
     evidence = [_evidence(headers[key]) for key in dict.fromkeys(r.instances[i] for i in top)]
@@ -183,7 +186,15 @@ def sr_from_headers(
     )
 
 
-def _slice_finding(source: Dataset, prob: float) -> ContainerContentItem:
+def frame_number(r: StudyResult, index: int, headers: dict[str, Dataset]) -> int | None:
+    """The 1-based frame of slice ``index`` in a multi-frame source; None for one frame."""
+    source = headers[r.instances[index]]
+    if int(source.get("NumberOfFrames") or 1) < 2 or len(r.frames) <= index:
+        return None
+    return r.frames[index] + 1
+
+
+def _slice_finding(source: Dataset, prob: float, frame: int | None) -> ContainerContentItem:
     item = ContainerContentItem(codes.DCM.SingleImageFinding, relationship_type=CONTAINS)
     item.ContentSequence = [
         NumContentItem(
@@ -193,6 +204,7 @@ def _slice_finding(source: Dataset, prob: float) -> ContainerContentItem:
             codes.DCM.SourceImage,
             source.SOPClassUID,
             source.SOPInstanceUID,
+            referenced_frame_numbers=frame,
             relationship_type=CONTAINS,
         ),
     ]
@@ -261,9 +273,10 @@ class SrWriter:
         r = scored.result
         index = top_slices(scored.probs, 1)[0]
         source = headers[r.instances[index]]
+        frame = frame_number(r, index, headers)
         title = (
             f"{self.model.name}  p={float(scored.probs[index]):.3f}  "
-            f"slice {index + 1} of {len(scored.probs)}{_position(source)}"
+            f"slice {index + 1} of {len(scored.probs)}{_position(source, frame)}"
         )
         sc = build_key_image(
             source,
@@ -273,14 +286,15 @@ class SrWriter:
             title,
             DISCLAIMER,
             [r.study, self.model.version],
+            frame,
         )
         save_atomic(sc, self.path(r.study, KEY_IMAGE_NAME))
 
 
-def _position(source: Dataset) -> str:
+def _position(source: Dataset, frame: int | None) -> str:
     """The slice's position along its normal, in mm (from the source header)."""
-    position, cosines = source.get("ImagePositionPatient"), source.get("ImageOrientationPatient")
-    if not position or not cosines:
+    position, cosines = geometry(source, frame)
+    if position is None or cosines is None:
         return ""
     normal = np.cross(np.asarray(cosines[:3], float), np.asarray(cosines[3:], float))
     return f"  position {float(np.dot(normal, np.asarray(position, float))):.1f} mm"

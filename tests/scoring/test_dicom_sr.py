@@ -260,3 +260,45 @@ def test_resume_writes_the_remaining_studies_results(export, package, tmp_path):
     assert {k: again[k] for k in first} == first  # the finished study's SR is kept as it was
     with pytest.raises(CadError, match="dicom_out"):  # resuming without the flag is refused
         score_folder(package, export.root, tmp_path / "p.csv", resume=True, workers=0)
+
+
+def test_a_multi_frame_source_is_referenced_by_frame(package, tmp_path):
+    from dicom_factory import enhanced_mr
+
+    rng = np.random.default_rng(0)
+    slices, phases = 6, 3
+    frames = rng.integers(0, 1000, (phases * slices, 32, 32)).astype(np.uint16)
+    positions = [(0.0, 0.0, 3.0 * z) for _ in range(phases) for z in range(slices)]
+    temporal = [t + 1 for t in range(phases) for _ in range(slices)]
+    order = rng.permutation(len(frames))  # frames stored out of order
+    root = tmp_path / "export"
+    root.mkdir()
+    source = enhanced_mr(
+        root / "mf.dcm",
+        frames[order],
+        [positions[i] for i in order],
+        temporal_ids=[temporal[i] for i in order],
+    )
+    out, results = tmp_path / "p.csv", tmp_path / "dicom"
+    score_folder(package, root, out, dicom_out=results, workers=0, progress=False)
+    rows = _rows(out)
+    assert len(rows) == slices
+    # slice z (pre-contrast) is the stored frame holding temporal index 1 at height z
+    stored = [
+        int(np.flatnonzero((order // slices == 0) & (order % slices == z))[0]) + 1
+        for z in range(slices)
+    ]
+    top = sorted(range(slices), key=lambda i: -float(rows[i]["probability"]))[:TOP_K]
+    (path,) = results.glob("*/sr.dcm")
+    (root_item,) = hd.sr.srread(path).content
+    (key_images,) = _items(root_item, codes.DCM.KeyImages)
+    uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    refs = []
+    for finding in key_images.ContentSequence:
+        (image,) = _items(finding, codes.DCM.SourceImage)
+        (ref,) = image.ReferencedSOPSequence
+        assert ref.ReferencedSOPInstanceUID == uid
+        refs.append(int(ref.ReferencedFrameNumber))
+    assert refs == [stored[int(rows[i]["slice"])] for i in top]
+    key = pydicom.dcmread(path.with_name("key_image.dcm"))
+    assert int(key.SourceImageSequence[0].ReferencedFrameNumber) == refs[0]
