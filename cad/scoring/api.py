@@ -195,7 +195,9 @@ def score_folder(
             from cad.scoring.dicom_sr import ModelInfo, SrWriter
 
             meta = loaded.meta
-            info = ModelInfo.from_package(meta.backbone, meta.round, meta.threshold, model_digest)
+            info = ModelInfo.from_package(
+                meta.backbone, meta.round, meta.threshold, model_digest, str(model)
+            )
             cam_map = CamMap(net, runtime.device, loaded.prepare_images)
             results = SrWriter(dicom_out, info, secret, cam_map=cam_map)
         run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results)

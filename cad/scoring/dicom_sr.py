@@ -11,7 +11,7 @@ Content tree (codes from DCM/SCT; highdicom builds and checks the items)::
 
     CONTAINER  CAD Processing and Findings Summary
       TEXT     Algorithm Name       e.g. "cad resnet50 round 1"
-      TEXT     Algorithm Version    cad version and model package digest
+      TEXT     Algorithm Version    cad version, package digest (and MLflow URI)
       TEXT     Comment              the intended-use disclaimer
       NUM      Probability of cancer  study max of calibrated slice probabilities
       NUM      Threshold Value      the model's decision threshold
@@ -86,11 +86,16 @@ class ModelInfo:
     threshold: float
 
     @classmethod
-    def from_package(cls, backbone: str, round_: int, threshold: float, sums: str) -> ModelInfo:
+    def from_package(
+        cls, backbone: str, round_: int, threshold: float, sums: str, uri: str = ""
+    ) -> ModelInfo:
+        """``sums``: the package's SHA256SUMS text; ``uri``: the model's MLflow URI
+        (``runs:/...``, ``models:/...``), named in the version; a local path is not."""
         digest = hashlib.sha256(sums.encode()).hexdigest()[:16]
-        return cls(
-            f"cad {backbone} round {round_}", f"cad {__version__}; package {digest}", threshold
-        )
+        version = f"cad {__version__}; package {digest}"
+        if uri.startswith(("runs:/", "models:/")):
+            version += f"; MLflow {uri}"
+        return cls(f"cad {backbone} round {round_}", version, threshold)
 
 
 def top_slices(probs: np.ndarray, k: int = TOP_K) -> list[int]:

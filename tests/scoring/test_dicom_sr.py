@@ -211,6 +211,16 @@ def test_top_slices_highest_first():
     assert top_slices(np.array([0.4]), 3) == [0]
 
 
+def test_model_version_names_the_package_and_its_mlflow_uri_only():
+    local = ModelInfo.from_package("resnet50", 2, 0.4, "abc  model.safetensors\n", "/data/m")
+    assert local.name == "cad resnet50 round 2" and "/data/m" not in local.version
+    assert local.version.startswith("cad ") and "; package " in local.version
+    mlflow = ModelInfo.from_package(
+        "resnet50", 2, 0.4, "abc  model.safetensors\n", "runs:/r1/model"
+    )
+    assert mlflow.version == local.version + "; MLflow runs:/r1/model"
+
+
 def test_unreadable_source_files_are_a_typed_error():
     result = StudyResult("p", "study-key", instances=["i1", "i2"])
     task = StudyTask("p", "study-key", ("/nonexistent/cad-test-file.dcm",), (b"",))
