@@ -48,6 +48,32 @@ KeepStaged = Annotated[
 ]
 
 
+SendResults = Annotated[
+    bool,
+    typer.Option(
+        "--send-results",
+        help="With --pacs and --dicom-out: store the written SR and key images back into the "
+        "PACS (STOW-RS or C-STORE) after scoring.",
+    ),
+]
+
+
+def send_back(pacs: str, dicom_out: Path, calling_aet: str) -> int:
+    """Store what --dicom-out holds into the PACS; the exit code of that part (0 or 1)."""
+    from cad.log import console
+    from cad.pacs.send import send_results
+
+    if not any(dicom_out.rglob("*.dcm")):
+        console.print("no DICOM results were written, so none were sent")
+        return 0
+    report = send_results(pacs, dicom_out, calling_aet)
+    console.print(
+        f"results stored into the PACS: {len(report.stored)} of "
+        f"{len(report.stored) + len(report.failed)} files"
+    )
+    return report.exit_code
+
+
 def check_source(dicom_dir: Path | None, pacs: str | None, pacs_options: dict) -> None:
     """Exactly one input: a folder or a PACS; the PACS options only with a PACS."""
     from cad.errors import CadError

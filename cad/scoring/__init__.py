@@ -8,6 +8,7 @@
 - ``writers``: predictions/errors/key-map CSVs and the resume sidecar.
 - ``summary``: the counts and exit code a run reports.
 - ``cam``: Grad-CAM overlays at the model's connection node.
+- ``dicom_sr``: ``--dicom-out``: a DICOM Comprehensive SR per scored study (highdicom).
 
 Nothing is imported here, so that ``cad --help`` stays fast.
 """

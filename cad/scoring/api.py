@@ -68,13 +68,19 @@ def resolve_model(model: str | Path, tracking_uri: str | None, dest: Path) -> Pa
 
 
 def _check_paths(
-    dicom_dir: Path, out: Path, errors: Path, key_map: Path | None, cam_dir: Path | None
+    dicom_dir: Path,
+    out: Path,
+    errors: Path,
+    key_map: Path | None,
+    cam_dir: Path | None,
+    dicom_out: Path | None = None,
 ) -> None:
     if not dicom_dir.is_dir():
         raise CadError("DICOM_DIR is not a folder; pass the root folder of the DICOM export")
     root = dicom_dir.resolve()
     outputs = {"--out": out, "--errors": errors, "--key-map": key_map, "--cam": cam_dir}
     outputs["--out's progress file"] = sidecar_path(out)
+    outputs["--dicom-out"] = dicom_out
     for option, path in outputs.items():
         refuse_symlink(path, option)
         if path is not None and path.resolve().is_relative_to(root):
@@ -121,6 +127,7 @@ def score_folder(
     key_map: str | Path | None = None,
     tracking_uri: str | None = None,
     shard: str | None = None,
+    dicom_out: str | Path | None = None,
     *,
     progress: bool = True,
     _on_commit: Callable[[int], None] | None = None,
@@ -130,7 +137,8 @@ def score_folder(
     ``workers`` decode studies in parallel (0: in this process). ``shard="K/N"`` scores
     only the K-th of N deterministic shards (by patient) and records each patient's byte
     ranges, so that :func:`cad.scoring.merge.merge_shards` rebuilds exactly the files an
-    unsharded run writes. Raises CadError for
+    unsharded run writes. ``dicom_out``: a DICOM SR and a key image per scored study, in
+    ``dicom_out/<study key>/`` (see :mod:`cad.scoring.dicom_sr`). Raises CadError for
     usage and model problems; bad input files end up in the errors file, never raise.
     ``_on_commit(patients_done)`` is a test hook called after each finished patient.
     """
@@ -144,7 +152,8 @@ def score_folder(
     errors = Path(errors) if errors is not None else default_errors_path(out)
     key_map = Path(key_map) if key_map is not None else None
     cam_dir = Path(cam_dir) if cam_dir is not None else None
-    _check_paths(dicom_dir, out, errors, key_map, cam_dir)
+    dicom_out = Path(dicom_out) if dicom_out is not None else None
+    _check_paths(dicom_dir, out, errors, key_map, cam_dir, dicom_out)
     shard_k, shard_n = parse_shard(shard) if shard is not None else (1, 1)
 
     with WorkerPool(workers, initializer=init_worker, preload=PRELOAD) as pool:
@@ -180,8 +189,20 @@ def score_folder(
             "key_map": key_map is not None,
             "cam": cam_dir is not None,
             **({"shard": f"{shard_k}/{shard_n}"} if shard is not None else {}),
+            **({"dicom_out": True} if dicom_out is not None else {}),
         }
-        run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit)
+        results = None
+        if dicom_out is not None:
+            from cad.scoring.dicom_sc import CamMap
+            from cad.scoring.dicom_sr import ModelInfo, SrWriter
+
+            meta = loaded.meta
+            info = ModelInfo.from_package(
+                meta.backbone, meta.round, meta.threshold, model_digest, str(model)
+            )
+            cam_map = CamMap(net, runtime.device, loaded.prepare_images)
+            results = SrWriter(dicom_out, info, secret, cam_map=cam_map)
+        run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results)
         summary = run.execute(
             index, pool, out, errors, key_map, fingerprint, resume, progress, shard is not None
         )

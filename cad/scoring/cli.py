@@ -74,6 +74,14 @@ def score_command(
             "sqlite:///mlflow.db."
         ),
     ] = None,
+    dicom_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a DICOM Comprehensive SR per scored study into DIR/<study "
+            "pseudonym>/sr.dcm. It carries the study's real patient and study identifiers "
+            "(it belongs in the patient's study): keep DIR private."
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -88,6 +96,7 @@ def score_command(
     calling_aet: pacs_cli.CallingAet = "CAD",
     staging: pacs_cli.Staging = None,
     keep_staged: pacs_cli.KeepStaged = False,
+    send_results: pacs_cli.SendResults = False,
 ) -> None:
     """Score every DICOM study below DICOM_DIR (or from --pacs URL) with a trained model.
 
@@ -108,6 +117,8 @@ def score_command(
     pacs_options = dict(study_date=study_date, accessions=accessions, patients=patients)
     pacs_options |= dict(staging=staging, keep_staged=keep_staged)
     pacs_cli.check_source(dicom_dir, pacs, pacs_options)
+    if send_results and (pacs is None or dicom_out is None):
+        raise CadError("--send-results stores the --dicom-out results into --pacs: give both")
     if pacs is not None:
         from cad.pacs.score import score_pacs
 
@@ -127,14 +138,18 @@ def score_command(
         cam_dir=cam,
         key_map=key_map,
         tracking_uri=tracking_uri,
+        dicom_out=dicom_out,
     )
-    _print_summary(summary, cam is not None, key_map is not None)
+    _print_summary(summary, cam is not None, key_map is not None, dicom_out is not None)
+    exit_code = summary.exit_code
     if pacs is not None:
         pacs_cli.print_transfers(summary)
-    raise typer.Exit(summary.exit_code)
+        if send_results and dicom_out is not None:
+            exit_code = max(exit_code, pacs_cli.send_back(pacs, dicom_out, calling_aet))
+    raise typer.Exit(exit_code)
 
 
-def _print_summary(summary, cam: bool, key_map: bool) -> None:
+def _print_summary(summary, cam: bool, key_map: bool, dicom_out: bool = False) -> None:
     from rich.table import Table
 
     from cad.log import console, print_table
@@ -152,6 +167,8 @@ def _print_summary(summary, cam: bool, key_map: bool) -> None:
     rows += [(f"not scored: {outcome}", n) for outcome, n in summary.errors.items()]
     if cam:
         rows.append(("heat maps", summary.cams))
+    if dicom_out:
+        rows.append(("DICOM SR documents", summary.dicom_results))
     for name, value in rows:
         table.add_row(name, str(value))
     print_table(table)

@@ -28,6 +28,7 @@ class Scored:
 
     result: StudyResult
     probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    top_image: np.ndarray | None = None  # (C, H, W) of the highest slice, with keep_top
 
 
 class Batcher:
@@ -42,6 +43,7 @@ class Batcher:
         cam: CamWriter | None = None,
         prepare: Callable[[np.ndarray], np.ndarray] | None = None,
         calibrate: Callable[[np.ndarray], np.ndarray] | None = None,
+        keep_top: bool = False,
     ) -> None:
         self.predict = Predictor(model, runtime, batch_size)
         self.prepare = prepare  # LoadedModel.prepare_images: e.g. the package's denoiser
@@ -49,6 +51,7 @@ class Batcher:
         self.batch_size = batch_size
         self.threshold = threshold
         self.cam = cam
+        self.keep_top = keep_top  # keep each study's most suspicious slice (key images)
         self.forward_slices = 0
         self._pending: deque[tuple[StudyResult, np.ndarray, int]] = deque()  # study, probs, done
         self._queued = 0  # slices waiting for a forward pass
@@ -104,8 +107,11 @@ class Batcher:
     def _release(self) -> Iterator[Scored]:
         while self._pending and self._pending[0][2] == self._pending[0][0].slices:
             result, probs, _ = self._pending.popleft()
+            top = None
+            if self.keep_top and result.slices:
+                top = result.images[int(np.argmax(probs))].copy()
             result.images = None  # pixels are no longer needed: free them now
-            yield Scored(result, probs)
+            yield Scored(result, probs, top)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cad.device import Runtime
 from cad.errors import CadError
@@ -23,6 +24,9 @@ from cad.scoring.infer import Aggregate, Batcher, Scored, slice_rows
 from cad.scoring.stream import iter_studies
 from cad.scoring.summary import ScoreSummary, progress_or_nothing, summary_from_counts
 from cad.scoring.writers import Outputs, State
+
+if TYPE_CHECKING:  # highdicom is imported only with --dicom-out
+    from cad.scoring.dicom_sr import SrWriter
 
 log = logging.getLogger("cad.scoring")
 
@@ -44,6 +48,7 @@ class Run:
         batch_size: int,
         cam_dir: Path | None,
         on_commit: Callable[[int], None] | None,
+        dicom_results: SrWriter | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = model  # loaded.model prepared for the runtime
@@ -55,6 +60,7 @@ class Run:
         self.batch_size = batch_size
         self.cam_dir = cam_dir
         self.on_commit = on_commit
+        self.dicom_results = dicom_results  # --dicom-out: an SR per scored study
 
     def execute(
         self,
@@ -93,6 +99,7 @@ class Run:
             "scored_files": 0,
             "skipped": 0,
             "cams": 0,
+            "dicom_results": 0,
         }
         if not state.header_done:
             outputs.write("errors", index.errors)
@@ -163,9 +170,11 @@ class Run:
             cam,
             self.loaded.prepare_images,
             self.loaded.calibrate,
+            keep_top=self.dicom_results is not None and self.dicom_results.key_images,
         )
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()
+        self._tasks = {(t.patient, t.study): t for t in todo}  # the files behind each result
         inflight = max(2 * pool.workers, 2)
         total = sum(len(task.paths) for task in todo)
         with progress_or_nothing(show_progress, "score", total, "files") as advance:
@@ -198,6 +207,10 @@ class Run:
             counts["slices"] += study_agg.slices
             if self._cam is not None and self._cam.enabled:
                 counts["cams"] += study_agg.positive
+            if self.dicom_results is not None:
+                task = self._tasks[(r.patient, r.study)]
+                wrote = self.dicom_results.write(scored, task)
+                counts["dicom_results"] = counts.get("dicom_results", 0) + wrote
         counts["studies"] += r.readable
         counts["scored_files"] += r.scored_files
         counts["skipped"] += r.skipped

@@ -40,6 +40,7 @@ class StudyResult:
     images: np.ndarray | None = None  # (S, C, H, W) float32
     instances: list[str] = field(default_factory=list)  # instance key per slice
     samples: list[str] = field(default_factory=list)  # slice key per slice
+    frames: list[int] = field(default_factory=list)  # frame index in its file, per slice
     errors: list[ErrorRow] = field(default_factory=list)
     files: int = 0
     scored_files: int = 0
@@ -143,6 +144,7 @@ def _fill(
     for i, frame in enumerate(reference.frames):
         result.instances.append(pseudo.instance(frame.record.sop_uid))
         result.samples.append(pseudo.slice(study.study_uid, i))
+        result.frames.append(frame.index)
     if key_map:
         rows = [
             (result.patient, "PatientID", study.patient_id),

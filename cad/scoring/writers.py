@@ -109,15 +109,14 @@ class Outputs:
                 "rerun without --resume"
             )
         if saved.get("fingerprint") != self.fingerprint:
-            changed = sorted(
-                k
-                for k in self.fingerprint
-                if saved.get("fingerprint", {}).get(k) != self.fingerprint[k]
+            before = saved.get("fingerprint", {})
+            changed = sorted(  # a key of either run: an option given to only one counts
+                k for k in {*self.fingerprint, *before} if before.get(k) != self.fingerprint.get(k)
             )
             raise CadError(
                 "--resume: the interrupted run used a different "
                 f"{', '.join(changed) or 'configuration'} (model, folder contents, --level, "
-                "--key-map or --cam); rerun without --resume to start over"
+                "--key-map, --cam or --dicom-out); rerun without --resume to start over"
             )
         return saved
 

@@ -216,3 +216,54 @@ def test_pacs_killed_during_c_get_then_rerun(export, baseline, package, tmp_path
         assert out.read_bytes() == baseline.read_bytes() and not staging.exists()
     finally:
         server.stop()
+
+
+def test_send_results_stores_each_studys_sr_into_its_own_study(orthanc, package, login, tmp_path):
+    """--pacs + --dicom-out + --send-results: the SR of every scored study goes back into
+    that study in the PACS (and is removed again, the Orthanc fixture is shared)."""
+    import pydicom
+    import requests
+
+    if not orthanc.dicomweb:
+        pytest.skip("the Orthanc DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+    out, results = tmp_path / "out" / "predictions.csv", tmp_path / "results"
+    result = run(
+        orthanc.dicomweb_url,
+        out,
+        "--study-date",
+        "19000101-20991231",
+        "--dicom-out",
+        str(results),
+        "--send-results",
+        package=package,
+    )
+    assert result.exit_code == 1, result.output  # the study's own SR is not an image
+    written = sorted(results.rglob("sr.dcm"))
+    assert written and "results stored into the PACS" in result.output
+    stored = []
+    try:
+        for path in written:
+            sr = pydicom.dcmread(path)
+            hits = requests.post(
+                orthanc.http + "/tools/lookup",
+                data=str(sr.SOPInstanceUID),
+                auth=(USER, PASSWORD),
+                timeout=30,
+            ).json()
+            assert [h["Type"] for h in hits] == ["Instance"]
+            stored.append(hits[0]["ID"])
+            study = orthanc.get(f"/instances/{hits[0]['ID']}/study").json()
+            assert study["MainDicomTags"]["StudyInstanceUID"] == sr.StudyInstanceUID
+    finally:
+        for instance in stored:
+            requests.delete(f"{orthanc.http}/instances/{instance}", auth=(USER, PASSWORD))
+    assert PASSWORD not in result.output
+
+
+def test_send_results_needs_a_pacs_and_a_dicom_out(package, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["score", str(tmp_path), "--model", str(package), "--out", str(tmp_path / "p.csv")]
+        + ["--send-results"],
+    )
+    assert result.exit_code == 2 and "--send-results" in result.output

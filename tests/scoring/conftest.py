@@ -4,6 +4,7 @@ export mixed with bad files of every typed kind (all written into tmp dirs)."""
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from score_helpers import PATIENTS, SECRET, SIZE, SLICES, make_model, package_me
 
 from cad.data.phantom import generate_phantom
 from cad.finetune.package import save_package
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))  # dicom_factory
 
 
 @pytest.fixture(autouse=True)
