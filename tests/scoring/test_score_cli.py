@@ -147,3 +147,30 @@ def test_bad_level_and_missing_model(export, package, tmp_path):
         score_folder(package, export.root, tmp_path / "p.csv", level="patients")
     with pytest.raises(CadError, match="no model package directory"):
         score_folder(tmp_path / "nowhere", export.root, tmp_path / "p.csv")
+
+
+def test_a_nan_threshold_with_regenerated_checksums_is_refused(tmp_path):
+    """The finding: model.json edited to threshold NaN and SHA256SUMS regenerated labelled
+    every slice 0; now the package is refused by name with the fix."""
+    import json
+
+    from score_helpers import make_model, package_meta
+
+    from cad.artifacts.model_package import META, SUMS, sha256_file
+    from cad.errors import ModelPackageError
+    from cad.finetune.package import load_package, save_package
+
+    package = tmp_path / "model"
+    save_package(make_model(), package_meta(0.5), package)
+    meta = json.loads((package / META).read_text())
+    meta["threshold"] = float("nan")
+    (package / META).write_text(json.dumps(meta))  # json writes NaN, as an editor could
+    sums = (package / SUMS).read_text().splitlines()
+    (package / SUMS).write_text(
+        "".join(
+            f"{sha256_file(package / name)}  {name}\n"
+            for name in (line.partition("  ")[2] for line in sums)
+        )
+    )
+    with pytest.raises(ModelPackageError, match="threshold"):
+        load_package(package)
