@@ -162,3 +162,12 @@ def test_merge_and_data_commands_never_write_through_a_symlink(tmp_path, patient
     )  # fmt: skip
     assert result.exit_code == 2 and "symbolic link" in result.output
     assert target.read_text() == "keep me"
+
+
+def test_cad_run_says_partial_when_ingest_could_not_use_some_studies():
+    from cad.cli.run import unusable_studies
+
+    assert unusable_studies({"studies": 10, "studies_skipped": 0}) is None
+    message = unusable_studies({"studies": 10, "studies_skipped": 2})
+    assert message is not None and "2 of 10 studies" in message
+    assert "ingest_report.csv" in message

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cad.cli.app import app, handle_errors, tune_process
+from cad.cli.app import EXIT_PARTIAL, app, handle_errors, tune_process
 from cad.log import console, print_table, setup_logging
 from cad.pipeline.graph import STAGE_NAMES
 
@@ -62,6 +62,9 @@ def run(
     """Run the pipeline: data -> per-layer probe -> fine-tune -> evaluate -> report + MLflow.
 
     Finished stages are reused; a changed stage config redoes that stage and what follows.
+
+    Exit codes: 0 done; 1 done, but some studies could not be used (listed in the ingest
+    artifact's ingest_report.csv); 2 usage, configuration or model error.
     """
     from cad.api import check_force
     from cad.config import load_config
@@ -127,3 +130,19 @@ def run(
                 f"  then open http://127.0.0.1:5000/{link}",
                 soft_wrap=True,
             )
+    unusable = unusable_studies(summary.data.ingest)
+    if unusable:
+        console.print(f"[bold yellow]{unusable}[/]")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def unusable_studies(ingest: dict) -> str | None:
+    """What to say when ingest could not use some studies (the run used the rest, and
+    exits 1: some inputs were unusable), or None."""
+    skipped = int(ingest.get("studies_skipped") or 0)
+    if not skipped:
+        return None
+    return (
+        f"{skipped} of {ingest.get('studies')} studies could not be used: each file's "
+        "outcome is in the ingest artifact's ingest_report.csv"
+    )
