@@ -172,8 +172,11 @@ def _plot_test_comparison(result: RunResult, summary: RunSummary, workdir: RunDi
     )
     curves = {}
     for label, chain in zip(labels, result.chains, strict=True):
-        rows_ = chain.evaluate.predictions()
-        curves[label] = ([int(r["label"]) for r in rows_], [float(r["probability"]) for r in rows_])
+        slices = chain.evaluate.predictions()
+        curves[label] = (
+            [int(s["label"]) for s in slices],
+            [float(s["probability"]) for s in slices],
+        )
     plot_roc_comparison(curves, workdir.file(RunDir.COMPARISON_ROC), "Test ROC (slice level)")
 
 
