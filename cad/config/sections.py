@@ -253,6 +253,12 @@ class FinetuneRuntime(Runtime):
         "the other stages",
     )
 
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        """YAML reads a bare off as false."""
+        return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class FinetuneConfig(Section):
     connection: str = Field("next", description="next, same, last, or a node name")
