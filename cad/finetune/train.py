@@ -74,6 +74,28 @@ class _FullStep(nn.Module):
         return self.model.forward_supervised(x)
 
 
+def sync_batchnorm(step: nn.Module, runtime: Runtime) -> nn.Module:
+    """On GPUs, ``step`` with its BatchNorm as SyncBatchNorm (statistics over the global
+    batch; the new layers share the originals' parameters and buffers, so the model and
+    its optimizer see every update). torch has no CPU SyncBatchNorm: on gloo each rank
+    normalises its own part of the batch, and ``step`` is returned as is."""
+    if runtime.device.type != "cuda":
+        return step
+    return nn.SyncBatchNorm.convert_sync_batchnorm(step)
+
+
+def data_parallel(step: nn.Module, runtime: Runtime, find_unused: bool) -> nn.Module:
+    """``step`` (with :func:`sync_batchnorm`) wrapped in DistributedDataParallel."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        sync_batchnorm(step, runtime),
+        device_ids=None if runtime.device.type == "cpu" else [runtime.device],
+        # the full forward may leave some trainable layer unused (an aux branch)
+        find_unused_parameters=find_unused,
+    )
+
+
 @torch.inference_mode()
 def _run_in_batches(fn: Callable, data: torch.Tensor, batch: int, runtime: Runtime) -> torch.Tensor:
     if not len(data):  # a data-parallel rank's empty part
@@ -227,14 +249,7 @@ def train(
             "workdir (its scratch folder included) must be one path every rank shares"
         )
     if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step = DistributedDataParallel(
-            step,
-            device_ids=None if runtime.device.type == "cpu" else [runtime.device],
-            # the full forward may leave some trainable layer unused (an aux branch)
-            find_unused_parameters=halves is None,
-        )
+        step = data_parallel(step, runtime, find_unused=halves is None)
 
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
@@ -246,6 +261,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(epoch, cfg) * group.get("lr_scale", 1.0)
         model.train()
+        step.train()  # a SyncBatchNorm copy in the step follows the model (GPU ranks)
         perm = torch.from_numpy(rng.permutation(order))
         total, seen = 0.0, 0
         for start in range(0, len(perm), cfg.batch_size):
@@ -266,6 +282,7 @@ def train(
                 progress(len(idx))
         total = world.total(total)
         model.eval()
+        step.eval()
         logits = val_logits().float()
         val_loss = float(
             nn.functional.cross_entropy(

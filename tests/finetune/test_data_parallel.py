@@ -118,3 +118,32 @@ def test_two_ranks_match_one_process_within_the_stated_tolerance(runs):
             assert torch.equal(parallel[name], initial[name]), name
     trainable = [n for n in initial if n not in frozen and n.endswith("weight")]
     assert all(not torch.equal(parallel[n], initial[n]) for n in trainable)  # it did train
+
+
+def test_gpu_ranks_get_syncbatchnorm_sharing_the_models_parameters_and_buffers():
+    """The NCCL path's conversion, checked on the CPU (no GPU here: not run on one)."""
+    import torchvision
+
+    from cad.device import Runtime
+    from cad.finetune.model import build_transfer_model, split_prefix
+    from cad.finetune.train import _CachedStep, sync_batchnorm
+
+    torch.manual_seed(0)
+    model = build_transfer_model(
+        torchvision.models.resnet18(), "layer1", "layer2", mean=(0.5,), std=(0.5,),
+        in_chans=3, size=32, hidden=8, dropout=0.0,
+    )  # fmt: skip
+    halves = split_prefix(model.body)
+    assert halves is not None
+    step = _CachedStep(halves[1], model.head)
+    cpu = Runtime(torch.device("cpu"), None, False)
+    assert sync_batchnorm(step, cpu) is step  # gloo: plain BatchNorm
+    converted = sync_batchnorm(step, Runtime(torch.device("cuda"), None, False))
+    synced = [m for m in converted.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert synced and not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+    params = {id(p) for p in model.parameters()}
+    assert all(id(p) in params for p in converted.parameters())  # the optimizer's tensors
+    buffers = {b.data_ptr() for b in model.buffers()}
+    assert all(m.running_mean.data_ptr() in buffers for m in synced)  # statistics shared
+    converted.eval()
+    assert not any(m.training for m in synced)  # validation never synchronises
