@@ -144,10 +144,12 @@ def current() -> World:
 
 
 def state_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers: equal on every rank after a
-    data-parallel step, or the ranks have diverged."""
+    """SHA-256 of a module's parameters: equal on every rank after a data-parallel step, or
+    the ranks have diverged. Buffers are left out: without SyncBatchNorm each rank's last
+    step updates its own BatchNorm statistics (DDP copies rank 0's before every forward,
+    and rank 0's are the ones published)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(module.named_parameters()):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(tensor.detach().float().cpu().numpy()).tobytes())
     return digest.hexdigest()

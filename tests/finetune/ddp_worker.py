@@ -1,11 +1,13 @@
-"""One rank of the data-parallel unit test: ``python ddp_worker.py OUT`` under the
-environment torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or
-with none of it for the one-process reference.
+"""One rank of the data-parallel unit test: ``python ddp_worker.py OUT [NETWORK]`` under
+the environment torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), or with none of it for the one-process reference. NETWORK: ``lenet5`` (no
+BatchNorm) or ``batchnorm`` (a ResNet block with trainable BatchNorm).
 
 The data are chosen so that the ranks hold unequal rows everywhere: 9 training samples
 (one resampled twice) at batch 4 (the last global batch has one sample, so rank 1's part
-of it is empty), 3 validation images (2 and 1), and a gather where rank 1 holds nothing. Writes
-``OUT/rank<R>.json`` (what this rank saw) and, on rank 0, the final and initial states.
+of it is empty), 3 validation images (2 and 1), and a gather where rank 1 holds nothing.
+Writes ``OUT/rank<R>.json`` (what this rank saw) and, on rank 0, the final and initial
+states.
 """
 
 from __future__ import annotations
@@ -26,14 +28,19 @@ from cad.finetune.model import build_transfer_model
 from cad.finetune.train import train
 
 
-def main(out: Path) -> None:
-    spec = get_spec("lenet5")
+def main(out: Path, network: str) -> None:
     torch.manual_seed(0)
-    backbone = create_backbone("lenet5", weights="random", in_chans=3).model
+    if network == "batchnorm":  # trainable BatchNorm: per-rank statistics on the CPU
+        import torchvision
+
+        backbone, nodes, spec = torchvision.models.resnet18(), ("layer1", "layer2"), None
+    else:
+        backbone = create_backbone("lenet5", weights="random", in_chans=3).model
+        nodes, spec = ("s2", "c5.act"), get_spec("lenet5")
+    mean, std = (spec.mean, spec.std) if spec else ((0.5,), (0.5,))
     model = build_transfer_model(
-        backbone, "s2", "c5.act", mean=spec.mean, std=spec.std, in_chans=3, size=32,
-        hidden=8, dropout=0.0,
-    )  # fmt: skip
+        backbone, *nodes, mean=mean, std=std, in_chans=3, size=32, hidden=8, dropout=0.0
+    )
     rng = np.random.default_rng(0)
     x = rng.random((12, 3, 32, 32), dtype=np.float32)
     y = (np.arange(12) % 2).astype(np.int64)
@@ -68,4 +75,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "lenet5")

@@ -40,13 +40,11 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+def _two_ranks(out: Path, network: str) -> list[subprocess.Popen]:
     port = str(_free_port())
-    ranks = [
+    return [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(two)],
+            [sys.executable, str(WORKER), str(out), network],
             env=_env(
                 RANK=str(r),
                 LOCAL_RANK=str(r),
@@ -59,13 +57,23 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
         )
         for r in range(2)
     ]
+
+
+def _finish(ranks: list[subprocess.Popen]) -> None:
+    for proc in ranks:  # a hang in a collective would never return here
+        out = proc.communicate(timeout=900)[0].decode(errors="replace")
+        assert proc.returncode == 0, out[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    ranks = _two_ranks(two, "lenet5")
     alone = subprocess.run(
         [sys.executable, str(WORKER), str(one)], env=_env(), capture_output=True, text=True
     )
     assert alone.returncode == 0, alone.stdout[-2000:] + alone.stderr[-3000:]
-    for proc in ranks:  # a hang in a collective would never return here
-        out = proc.communicate(timeout=900)[0].decode(errors="replace")
-        assert proc.returncode == 0, out[-3000:]
+    _finish(ranks)
     return one, two
 
 
@@ -118,6 +126,15 @@ def test_two_ranks_match_one_process_within_the_stated_tolerance(runs):
             assert torch.equal(parallel[name], initial[name]), name
     trainable = [n for n in initial if n not in frozen and n.endswith("weight")]
     assert all(not torch.equal(parallel[n], initial[n]) for n in trainable)  # it did train
+
+
+def test_trainable_batchnorm_on_cpu_ranks_trains_to_identical_parameters(tmp_path):
+    """gloo has no SyncBatchNorm: each rank normalises its own part of the batch (not a
+    one-process equality, README), but the ranks' parameters stay identical."""
+    _finish(_two_ranks(tmp_path, "batchnorm"))
+    zero, one = _seen(tmp_path, 0), _seen(tmp_path, 1)
+    assert zero["weights_sha256"] == one["weights_sha256"] is not None
+    assert len(zero["history"]) == 3 and zero["history"] == one["history"]
 
 
 def test_gpu_ranks_get_syncbatchnorm_sharing_the_models_parameters_and_buffers():
