@@ -176,7 +176,11 @@ class FinetuneStage(Stage[FinetuneSettings]):
     def follow(self, settings: FinetuneSettings, inputs: dict[str, Any], scratch: Path) -> None:
         """A rank > 0's part of a data-parallel run of this stage: build and train beside
         rank 0, write nothing (rank 0 publishes)."""
-        job = self.build(settings, **{n: inputs.get(n) for n in self.inputs})
+        get = inputs.get
+        job = self.build(
+            settings, inputs["probe"], inputs["features"], inputs["training"], inputs["images"],
+            inputs["splits"], get("previous"), get("pretrained"),
+        )  # fmt: skip
         job.train(settings.finetune, inputs["training"], scratch, None)
 
     def run(
