@@ -43,6 +43,6 @@ def follow(world: World, workdir: RunDir) -> int:
                 )
             inputs[name] = stage.inputs[name].view(found)
         log.info("rank %d: fine-tuning %s r%d", world.rank, settings.backbone.name, settings.round)
-        stage.follow(settings, inputs, Path(job["scratch"]))
+        stage.follow(settings, inputs, workdir.scratch / Path(job["scratch"]).name)
         done += 1
     return done

@@ -212,7 +212,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
                 "stage": self.name,
                 "settings": settings.model_dump(mode="json"),
                 "inputs": {n: [a.stage, a.key] for n, a in given.items() if a is not None},
-                "scratch": str(ctx.scratch),
+                "scratch": ctx.scratch.name,  # under each rank's own (shared) workdir
             }
         )  # the other ranks (if any) build the same job and train beside this one
         job = self.build(settings, probe, features, training, images, splits, previous, pretrained)
