@@ -63,8 +63,7 @@ def run(
 
     Finished stages are reused; a changed stage config redoes that stage and what follows.
 
-    Data-parallel fine-tuning: torchrun --nproc_per_node N -m cad run PIPELINE (rank 0 runs
-    the pipeline; the other ranks join its fine-tuning only).
+    Data-parallel fine-tuning: torchrun --nproc_per_node N -m cad run PIPELINE ...
 
     Exit codes: 0 done; 1 done, but some studies could not be used (listed in the ingest
     artifact's ingest_report.csv); 2 usage, configuration or model error.
