@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cad.artifacts.summary import RunDir
 from cad.config import PipelineConfig, dump_config, redact_paths
+from cad.distributed import World, joined
 from cad.errors import ConfigError, WeightsError, did_you_mean, look_up_option
 from cad.phi import Pseudonymizer, load_secret
 from cad.pipeline.executors import EXECUTORS, RayOptions, run_graph
@@ -26,7 +27,7 @@ from cad.pipeline.runner import Runner
 from cad.scoring.api import score_folder
 
 log = logging.getLogger("cad")
-__all__ = ["preflight", "run_pipeline", "score_folder"]
+__all__ = ["follow_pipeline", "preflight", "run_pipeline", "score_folder"]
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -80,9 +81,49 @@ def run_pipeline(
     instance); the workdir must then be a path every Ray node shares.
     """
     look_up_option(executor, EXECUTORS, "--executor")
+    started = time.time()
+    knobs = cfg.finetune.runtime
+    with joined(knobs.distributed, knobs.distributed_wait_s) as world:
+        _check_world(world, executor)
+        result = _run(cfg, workdir, force, track, only, executor, address)
+        world.stop()  # the other ranks exit; rank 0 finishes the run (summary, MLflow) alone
+    result.summary = finish_run(result, started, track=track)
+    return result
+
+
+def follow_pipeline(cfg: PipelineConfig, workdir: str | Path, executor: str = "local") -> int:
+    """What ``cad run`` does on torchrun's ranks > 0: train beside rank 0 every fine-tuning
+    job it announces (:mod:`cad.pipeline.data_parallel`), write nothing; returns how many."""
+    from cad.pipeline.data_parallel import follow
+
+    knobs = cfg.finetune.runtime
+    with joined(knobs.distributed, knobs.distributed_wait_s) as world:
+        if world.size == 1:
+            log.warning("finetune.runtime.distributed is off: rank 0 trains alone, this rank exits")
+            return 0
+        _check_world(world, executor)
+        return follow(world, RunDir(workdir))
+
+
+def _check_world(world: World, executor: str) -> None:
+    if world.size > 1 and executor != "local":
+        raise ConfigError(
+            f"torchrun (data-parallel fine-tuning) and --executor {executor} do not combine: "
+            "use torchrun with the local executor, or --executor ray in one process"
+        )
+
+
+def _run(
+    cfg: PipelineConfig,
+    workdir: str | Path,
+    force: Sequence[str],
+    track: bool,
+    only: Sequence[ChainId],
+    executor: str,
+    address: str | None,
+) -> RunResult:
     run_dir = RunDir(workdir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     force = check_force(force)
     preflight(cfg)
     # input paths become short hashes: a path can name a patient or a hospital
@@ -96,6 +137,4 @@ def run_pipeline(
     ray = RayOptions(address, knobs.cpus_per_chain, knobs.gpus_per_chain, knobs.max_retries)
     results = run_graph(graph, runner, executor, factory, ray)
     data, chains = collect(graph, results)
-    result = RunResult(run_dir, cfg, graph, data, chains, runner.records)
-    result.summary = finish_run(result, started, track=track)
-    return result
+    return RunResult(run_dir, cfg, graph, data, chains, runner.records)

@@ -103,3 +103,16 @@ def resolved_precision(precision: str = "auto") -> str:
     runtime = select_runtime(precision)
     dtype = "fp32" if runtime.amp_dtype is None else str(runtime.amp_dtype).removeprefix("torch.")
     return f"{runtime.device.type}-{dtype.replace('bfloat16', 'bf16').replace('float16', 'fp16')}"
+
+
+def distributed_backend() -> str:
+    """The torch.distributed backend for data-parallel training on the device that
+    :func:`select_runtime` picks: NCCL on CUDA, gloo on the CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def on_local_rank(runtime: Runtime, local_rank: int) -> Runtime:
+    """``runtime`` pinned to this rank's GPU (``cuda:LOCAL_RANK``); the CPU is shared."""
+    if runtime.device.type != "cuda":
+        return runtime
+    return Runtime(torch.device("cuda", local_rank), runtime.amp_dtype, runtime.channels_last)

@@ -63,6 +63,8 @@ def run(
 
     Finished stages are reused; a changed stage config redoes that stage and what follows.
 
+    Data-parallel fine-tuning: torchrun --nproc_per_node N -m cad run PIPELINE ...
+
     Exit codes: 0 done; 1 done, but some studies could not be used (listed in the ingest
     artifact's ingest_report.csv); 2 usage, configuration or model error.
     """
@@ -74,6 +76,15 @@ def run(
     force_list = check_force(force or [])
     chains = parse_chains(only or [], cfg)
     workdir = workdir or Path("runs") / cfg.name
+    from cad.distributed import launched_rank
+
+    if launched_rank() > 0:  # torchrun's other ranks: train beside rank 0, write nothing
+        setup_logging(None)
+        tune_process()
+        from cad.api import follow_pipeline
+
+        follow_pipeline(cfg, workdir, executor)
+        return
     setup_logging(workdir / "logs" / "run.log")
     tune_process()
     from cad.api import run_pipeline

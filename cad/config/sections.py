@@ -241,6 +241,23 @@ class ProbeConfig(Section):
 
 class FinetuneRuntime(Runtime):
     cache_prefix: bool = Field(True, description="reuse frozen-prefix activations every epoch")
+    distributed: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: data-parallel (DistributedDataParallel) over the ranks when launched "
+        "by torchrun --nproc_per_node N -m cad run ...; off: rank 0 trains alone",
+    )
+    distributed_wait_s: float = Field(
+        86400.0,
+        gt=0,
+        description="how long ranks > 0 wait for rank 0's next fine-tuning job while it runs "
+        "the other stages",
+    )
+
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        """YAML reads a bare off as false."""
+        return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class FinetuneConfig(Section):

@@ -5,6 +5,14 @@ images, so its output is computed once and each step runs suffix + head only: th
 maths as running the whole network (a test compares the losses). Online augmentation
 falls back to full forwards. Early stopping on validation F1; checkpoints are atomic
 safetensors files so that a killed run resumes at the last finished epoch.
+
+Data-parallel (``world`` of N ranks under torchrun): every rank draws the same permutation
+and takes its contiguous part of each global batch; DistributedDataParallel averages the
+gradients of a loss scaled so that the step is the global batch's (a sum over the rank's
+samples over the global batch's weight, times N). The prefix cache is computed once, each
+rank its part of the images, and gathered; validation runs outside DDP (no collective per
+forward), each rank on its part, and the logits are gathered with padding, so ranks holding
+unequal rows never hang. Only rank 0 keeps the best state and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from cad.checkpoint import Checkpoint
 from cad.config import AugmentConfig, FinetuneConfig
 from cad.data.augment import apply, make_augment
 from cad.device import Runtime, optimizer_step
+from cad.distributed import SINGLE, World, state_digest
+from cad.errors import CadError
 from cad.finetune.model import AUX_WEIGHT, TransferModel, split_prefix
 from cad.finetune.predict import predict_proba
 
@@ -38,10 +48,58 @@ class TrainResult:
     best_val_f1: float = -1.0
     val_prob: np.ndarray | None = None
     used_prefix_cache: bool = False
+    ranks: int = 1
+    weights_sha256: str | None = None  # data-parallel: the final state, equal on every rank
+
+
+class _CachedStep(nn.Module):
+    """The training forward on cached prefix outputs, as one module for DDP to wrap."""
+
+    def __init__(self, suffix: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.suffix, self.head = suffix, head
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.head(self.suffix(x))]
+
+
+class _FullStep(nn.Module):
+    """The full training forward (main and auxiliary logits), as one module for DDP."""
+
+    def __init__(self, model: TransferModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_supervised(x)
+
+
+def sync_batchnorm(step: nn.Module, runtime: Runtime) -> nn.Module:
+    """On GPUs, ``step`` with its BatchNorm as SyncBatchNorm (statistics over the global
+    batch; the new layers share the originals' parameters and buffers, so the model and
+    its optimizer see every update). torch has no CPU SyncBatchNorm: on gloo each rank
+    normalises its own part of the batch, and ``step`` is returned as is."""
+    if runtime.device.type != "cuda":
+        return step
+    return nn.SyncBatchNorm.convert_sync_batchnorm(step)
+
+
+def data_parallel(step: nn.Module, runtime: Runtime, find_unused: bool) -> nn.Module:
+    """``step`` (with :func:`sync_batchnorm`) wrapped in DistributedDataParallel."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        sync_batchnorm(step, runtime),
+        device_ids=None if runtime.device.type == "cpu" else [runtime.device],
+        # the full forward may leave some trainable layer unused (an aux branch)
+        find_unused_parameters=find_unused,
+    )
 
 
 @torch.inference_mode()
 def _run_in_batches(fn: Callable, data: torch.Tensor, batch: int, runtime: Runtime) -> torch.Tensor:
+    if not len(data):  # a data-parallel rank's empty part
+        return torch.empty(0, device=runtime.device)
     outs = []
     for start in range(0, len(data), batch):
         with runtime.autocast():
@@ -73,14 +131,26 @@ def _lr_at(epoch: int, cfg: FinetuneConfig) -> float:
     return cfg.lr
 
 
-def _loss_fn(labels: np.ndarray, cfg: FinetuneConfig, runtime: Runtime) -> nn.Module:
-    if cfg.loss == "weighted":
-        counts = np.bincount(labels, minlength=2).astype(np.float64)
-        weights = counts.sum() / (2 * np.maximum(counts, 1))
-        return nn.CrossEntropyLoss(
-            weight=torch.tensor(weights, dtype=torch.float32, device=runtime.device)
-        )
-    return nn.CrossEntropyLoss()
+def _class_weights(labels: np.ndarray, cfg: FinetuneConfig) -> torch.Tensor | None:
+    if cfg.loss != "weighted":
+        return None
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def _loss_fn(weights: torch.Tensor | None, runtime: Runtime, world: World) -> nn.Module:
+    """Mean over the batch in one process; the sum over the rank's samples in data-parallel
+    training (scaled to the global batch by :func:`_global_scale`)."""
+    reduction = "mean" if world.size == 1 else "sum"
+    weight = None if weights is None else weights.to(runtime.device)
+    return nn.CrossEntropyLoss(weight=weight, reduction=reduction)
+
+
+def _global_scale(targets: torch.Tensor, weights: torch.Tensor | None, world: World) -> float:
+    """N / (the global batch's total weight): DDP averages N ranks' gradients of
+    sum-over-own-samples losses, so this makes the step the one-process mean loss's."""
+    total = len(targets) if weights is None else float(weights[targets].sum())
+    return world.size / total
 
 
 def train(
@@ -95,8 +165,12 @@ def train(
     runtime: Runtime,
     checkpoint_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices."""
+    """Fine-tune ``model`` in place; ``order`` holds the (resampled) training indices.
+
+    With a ``world`` of several ranks every rank calls this with the same arguments; rank 0's
+    result is the one to publish (the others' ``val_prob`` is None)."""
     # imported here: scikit-learn (with pandas) would add seconds to every import of this
     # module
     from sklearn.metrics import f1_score
@@ -112,41 +186,50 @@ def train(
     x_all = torch.from_numpy(np.array(images, dtype=np.float32))  # own, writable copy
     x_val = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    result = TrainResult(used_prefix_cache=halves is not None)
+    result = TrainResult(used_prefix_cache=halves is not None, ranks=world.size)
 
     transform = None
+    step: nn.Module
     if halves is not None:
         prefix, suffix = halves
         model.eval()
-        # frozen prefix: computed once for every training and validation image
-        cache = _run_in_batches(
-            lambda b: prefix(model.normalize(b)), x_all, cfg.batch_size, runtime
+        # frozen prefix: computed once for every training and validation image (each rank
+        # its part; every rank then holds the training part of all of them)
+        cache = world.gather_rows(
+            _run_in_batches(
+                lambda b: prefix(model.normalize(b)), world.part(x_all), cfg.batch_size, runtime
+            )
         )
         val_cache = _run_in_batches(
-            lambda b: prefix(model.normalize(b)), x_val, cfg.batch_size, runtime
+            lambda b: prefix(model.normalize(b)), world.part(x_val), cfg.batch_size, runtime
         )
+        step = _CachedStep(suffix, model.head)
 
-        def forward_train(idx: torch.Tensor) -> list[torch.Tensor]:
-            return [model.head(suffix(runtime.batch(cache[idx].clone())))]
+        def train_input(idx: torch.Tensor) -> torch.Tensor:
+            return runtime.batch(cache[idx].clone())
 
         def val_logits() -> torch.Tensor:
-            return _run_in_batches(
-                lambda b: model.head(suffix(b)), val_cache, cfg.batch_size, runtime
+            return world.gather_rows(
+                _run_in_batches(lambda b: model.head(suffix(b)), val_cache, cfg.batch_size, runtime)
             )
     else:
         transform = make_augment(augment) if online else None
+        step = _FullStep(model)
 
-        def forward_train(idx: torch.Tensor) -> list[torch.Tensor]:
+        def train_input(idx: torch.Tensor) -> torch.Tensor:
             batch = x_all[idx]
-            if transform is not None:
+            if transform is not None and len(batch):
                 batch = torch.from_numpy(np.stack([apply(transform, img) for img in batch.numpy()]))
-            return model.forward_supervised(runtime.batch(batch))
+            return runtime.batch(batch)
 
         def val_logits() -> torch.Tensor:
-            return _run_in_batches(model, x_val, cfg.batch_size, runtime)
+            return world.gather_rows(
+                _run_in_batches(model, world.part(x_val), cfg.batch_size, runtime)
+            )
 
     optimizer = _optimizer(model, cfg)
-    loss_fn = _loss_fn(np.asarray(labels)[order], cfg, runtime)
+    class_weights = _class_weights(np.asarray(labels)[order], cfg)
+    loss_fn = _loss_fn(class_weights, runtime, world)
     scaler = torch.amp.GradScaler("cuda") if runtime.uses_grad_scaler else None
     ckpt = Checkpoint(checkpoint_dir)
     start_epoch, best_state, stale = 0, None, 0
@@ -157,8 +240,16 @@ def train(
         result.history = resumed["history"]
         result.best_epoch, result.best_val_f1 = resumed["best_epoch"], resumed["best_val_f1"]
         stale = resumed["stale"]
-        best_state = load_file(str(checkpoint_dir / "best.safetensors"))
+        if world.is_writer:
+            best_state = load_file(str(checkpoint_dir / "best.safetensors"))
         log.info("resuming fine-tuning at epoch %d", start_epoch + 1)
+    if not world.all_equal(f"{start_epoch}"):
+        raise CadError(
+            f"data-parallel ranks found different checkpoints in {checkpoint_dir}: the "
+            "workdir (its scratch folder included) must be one path every rank shares"
+        )
+    if world.size > 1:
+        step = data_parallel(step, runtime, find_unused=halves is None)
 
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
@@ -170,22 +261,28 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(epoch, cfg) * group.get("lr_scale", 1.0)
         model.train()
+        step.train()  # a SyncBatchNorm copy in the step follows the model (GPU ranks)
         perm = torch.from_numpy(rng.permutation(order))
         total, seen = 0.0, 0
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            target = runtime.batch(y_all[idx])
+            mine = world.part(idx)  # the whole batch in one process
+            target = runtime.batch(y_all[mine])
             with runtime.autocast():
-                main, *aux = forward_train(idx)
+                main, *aux = step(train_input(mine))
                 loss = loss_fn(main.float(), target)
                 for logits in aux:
                     loss = loss + AUX_WEIGHT * loss_fn(logits.float(), target)
+            if world.size > 1:
+                loss = loss * _global_scale(y_all[idx], class_weights, world)
             optimizer_step(loss, optimizer, scaler)
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(idx) / world.size
             seen += len(idx)
             if progress:
                 progress(len(idx))
+        total = world.total(total)
         model.eval()
+        step.eval()
         logits = val_logits().float()
         val_loss = float(
             nn.functional.cross_entropy(
@@ -193,7 +290,8 @@ def train(
             )
         )
         val_prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
-        val_f1 = float(f1_score(val_labels, val_prob >= 0.5, zero_division=0))
+        # rank 0's figure decides early stopping on every rank
+        val_f1 = world.from_writer(float(f1_score(val_labels, val_prob >= 0.5, zero_division=0)))
         result.history.append(
             {
                 "epoch": epoch + 1,
@@ -203,7 +301,7 @@ def train(
                 "lr": _lr_at(epoch, cfg),
             }
         )
-        log.info(
+        (log.info if world.is_writer else log.debug)(
             "epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.3f",
             epoch + 1,
             cfg.epochs,
@@ -213,26 +311,37 @@ def train(
         )
         if val_f1 > result.best_val_f1:
             result.best_val_f1, result.best_epoch, stale = val_f1, epoch + 1, 0
-            best_state = {
-                k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
-            }
-            if checkpoint_dir is not None:
+            if world.is_writer:
+                best_state = {
+                    k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+                }
+            if checkpoint_dir is not None and world.is_writer:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_file(best_state, str(checkpoint_dir / ".best.tmp"))
                 os.replace(checkpoint_dir / ".best.tmp", checkpoint_dir / "best.safetensors")
         else:
             stale += 1
-        ckpt.save(
-            model,
-            optimizer,
-            {
-                "epoch": epoch,
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_val_f1": result.best_val_f1,
-                "stale": stale,
-            },
-        )
+        if world.is_writer:
+            ckpt.save(
+                model,
+                optimizer,
+                {
+                    "epoch": epoch,
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_val_f1": result.best_val_f1,
+                    "stale": stale,
+                },
+            )
+    if world.size > 1:
+        result.weights_sha256 = state_digest(model)
+        if not world.all_equal(result.weights_sha256):
+            raise CadError(
+                "data-parallel ranks ended fine-tuning with different weights; rerun with "
+                "--set finetune.runtime.distributed=off and report this as a bug"
+            )
+    if not world.is_writer:
+        return result
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -13,16 +13,15 @@ Ray is the engine (never a home-made scheduler); it is imported only when asked 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cad.artifacts.base import Artifact
 from cad.artifacts.summary import RunDir, StageRecord
 from cad.errors import CadError
 from cad.pipeline.graph import ChainNodes, Graph, Node
 from cad.pipeline.runner import Runner
+from cad.ray_session import ray_session
 
 log = logging.getLogger("cad.pipeline")
 
@@ -101,27 +100,7 @@ def _on_ray(
     by_backbone: dict[str, list[ChainNodes]],
     options: RayOptions,
 ) -> list[list[StageRecord]]:
-    if not options.address:
-        # On Linux Ray resolves loopback to the host's address and listens on every interface;
-        # this (documented) switch keeps a machine-local instance on 127.0.0.1.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-    except ImportError:
-        raise CadError(
-            "the ray executor needs Ray: pip install 'cad[ray]' (or pip install 'ray[default]')"
-        ) from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        kwargs: dict[str, Any] = (
-            {"address": options.address}
-            if options.address
-            else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
-        )
-        if options.address and options.address.split(":")[0] in ("127.0.0.1", "localhost"):
-            kwargs["_node_ip_address"] = "127.0.0.1"  # a loopback cluster: stay on loopback
-        ray.init(log_to_driver=False, configure_logging=False, **kwargs)
-    try:
+    with ray_session(options.address) as ray:
         task = ray.remote(
             num_cpus=options.cpus_per_chain,
             num_gpus=options.gpus_per_chain,
@@ -144,6 +123,3 @@ def _on_ray(
                     raise type(exc.cause)(f"{backbone}: {exc.cause}") from None
                 raise
         return results
-    finally:
-        if started_here:
-            ray.shutdown()

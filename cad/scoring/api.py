@@ -36,6 +36,7 @@ from cad.scoring.writers import sidecar_path
 log = logging.getLogger("cad.scoring")
 
 LEVELS = ("slice", "series", "patient")
+EXECUTORS = ("local", "ray")
 
 
 def resolve_model(model: str | Path, tracking_uri: str | None, dest: Path) -> Path:
@@ -128,6 +129,7 @@ def score_folder(
     tracking_uri: str | None = None,
     shard: str | None = None,
     dicom_out: str | Path | None = None,
+    executor: str = "local",
     *,
     progress: bool = True,
     _on_commit: Callable[[int], None] | None = None,
@@ -138,12 +140,15 @@ def score_folder(
     only the K-th of N deterministic shards (by patient) and records each patient's byte
     ranges, so that :func:`cad.scoring.merge.merge_shards` rebuilds exactly the files an
     unsharded run writes. ``dicom_out``: a DICOM SR and a key image per scored study, in
-    ``dicom_out/<study key>/`` (see :mod:`cad.scoring.dicom_sr`). Raises CadError for
+    ``dicom_out/<study key>/`` (see :mod:`cad.scoring.dicom_sr`). ``executor="ray"``
+    decodes and predicts on Ray (:mod:`cad.scoring.ray_data`; a local instance, or the
+    cluster in ``RAY_ADDRESS``), writing the same bytes. Raises CadError for
     usage and model problems; bad input files end up in the errors file, never raise.
     ``_on_commit(patients_done)`` is a test hook called after each finished patient.
     """
     started = time.perf_counter()
     level = look_up_option(level, LEVELS, "--level")
+    executor = look_up_option(executor, EXECUTORS, "--executor")
     if batch_size < 1 or workers < 0:
         raise CadError(
             f"--batch-size must be >= 1 and --workers >= 0; got {batch_size} and {workers}"
@@ -154,6 +159,10 @@ def score_folder(
     cam_dir = Path(cam_dir) if cam_dir is not None else None
     dicom_out = Path(dicom_out) if dicom_out is not None else None
     _check_paths(dicom_dir, out, errors, key_map, cam_dir, dicom_out)
+    if executor == "ray":
+        from cad.scoring.ray_data import package_files, refuse_unsupported
+
+        refuse_unsupported(cam_dir, dicom_out)
     shard_k, shard_n = parse_shard(shard) if shard is not None else (1, 1)
 
     with WorkerPool(workers, initializer=init_worker, preload=PRELOAD) as pool:
@@ -162,6 +171,7 @@ def score_folder(
             package = resolve_model(model, tracking_uri, Path(tmp))
             loaded = load_package(package)
             model_digest = (package / SUMS).read_text()
+            files = package_files(package) if executor == "ray" else {}
         runtime = select_runtime("auto")
         net = runtime.prepare(loaded.model)
         secret = load_secret(out.parent)  # the secret lives beside the outputs
@@ -203,6 +213,10 @@ def score_folder(
             cam_map = CamMap(net, runtime.device, loaded.prepare_images)
             results = SrWriter(dicom_out, info, secret, cam_map=cam_map)
         run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results)
+        if executor == "ray":
+            from cad.scoring.ray_data import RayRun
+
+            run = RayRun(files, loaded, net, runtime, secret, level, batch_size, None, _on_commit)
         summary = run.execute(
             index, pool, out, errors, key_map, fingerprint, resume, progress, shard is not None
         )

@@ -89,6 +89,14 @@ def score_command(
             "join the N outputs with `cad score merge`."
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local, or ray: decode in Ray Data CPU tasks and predict in model actors "
+            "(pip install 'cad\\[ray]'; a local Ray, or the cluster in RAY_ADDRESS); the "
+            "same bytes as a local run."
+        ),
+    ] = "local",
     pacs: pacs_cli.Pacs = None,
     study_date: pacs_cli.StudyDate = None,
     accessions: pacs_cli.Accessions = None,
@@ -122,11 +130,15 @@ def score_command(
     if pacs is not None:
         from cad.pacs.score import score_pacs
 
-        if shard is not None:
-            raise CadError("--shard applies to folders; a PACS query is scored in one run")
+        if shard is not None or executor != "local":
+            raise CadError(
+                "--shard and --executor apply to folders; a PACS query is scored in one run"
+            )
         scorer = functools.partial(score_pacs, pacs=pacs, calling_aet=calling_aet, **pacs_options)
     else:
-        scorer = functools.partial(score_folder, dicom_dir=dicom_dir, shard=shard)
+        scorer = functools.partial(
+            score_folder, dicom_dir=dicom_dir, shard=shard, executor=executor
+        )
     summary = scorer(
         model,
         out=out,

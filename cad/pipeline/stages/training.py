@@ -1,9 +1,17 @@
-"""Fine-tuning: cut at the connection node, freeze up to the fine-tuning node, train the rest."""
+"""Fine-tuning: cut at the connection node, freeze up to the fine-tuning node, train the rest.
+
+Under torchrun (:mod:`cad.distributed`) rank 0 runs this stage as always and first announces
+it (its settings and input artifacts' keys) to the other ranks, which rebuild the same model
+and data from the shared store (:mod:`cad.pipeline.data_parallel`) and train beside it;
+only rank 0 writes the artifact.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +46,46 @@ def supervised_aux_nodes(spec: Any, finetune: str, connection: str) -> tuple[str
     return tuple(n for n in spec.aux_nodes if n in order and lo < order.index(n) <= hi)
 
 
+@dataclass
+class _Job:
+    """Everything the training loop needs, built the same way on every rank."""
+
+    model: Any  # TransferModel
+    spec: Any  # BackboneSpec
+    finetune_node: str
+    connection: str
+    aux_nodes: tuple[str, ...]
+    order: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    runtime: Any  # cad.device.Runtime
+
+    def train(
+        self,
+        cfg: FinetuneConfig,
+        training: TrainingSet,
+        scratch: Path,
+        progress: Callable[[int], None] | None,
+    ) -> Any:
+        from cad.distributed import current
+        from cad.finetune.train import train
+
+        return train(
+            self.model,
+            np.asarray(training.images()),
+            training.labels(),
+            self.order,
+            self.val_images,
+            self.val_labels,
+            cfg,
+            training.augment,
+            self.runtime,
+            scratch,
+            progress,
+            current(),
+        )
+
+
 class FinetuneStage(Stage[FinetuneSettings]):
     name = "finetune"
     summary = (
@@ -60,33 +108,33 @@ class FinetuneStage(Stage[FinetuneSettings]):
 
     def identity(self, settings: FinetuneSettings) -> dict[str, Any]:
         from cad.device import resolved_precision
+        from cad.distributed import current
 
         precision = resolved_precision(settings.finetune.precision)
-        return {**settings.identity(), "precision": precision}
+        ranks = current().size  # N data-parallel ranks round differently from one process
+        return {**settings.identity(), "precision": precision} | (
+            {"data_parallel": ranks} if ranks > 1 else {}
+        )
 
-    def run(
+    def build(
         self,
-        ctx: StageContext,
         settings: FinetuneSettings,
         probe: ProbeResult,
         features: FeatureSet,
         training: TrainingSet,
         images: ImageSet,
         splits: Splits,
-        previous: TrainedModel | None = None,
-        pretrained: PretrainedWeights | None = None,
-    ) -> dict[str, Any]:
+        previous: TrainedModel | None,
+        pretrained: PretrainedWeights | None,
+    ) -> _Job:
+        """The seeded model and the data (a pure function of settings and inputs)."""
         import torch
 
         from cad.backbones import get_spec
-        from cad.device import describe, select_runtime
-        from cad.evaluate.calibration import fit_calibration
-        from cad.evaluate.metrics import choose_threshold
-        from cad.evaluate.plots import plot_training_curves
-        from cad.finetune.model import build_transfer_model, output_shape
-        from cad.finetune.package import save_package
+        from cad.device import on_local_rank, select_runtime
+        from cad.distributed import current
+        from cad.finetune.model import build_transfer_model
         from cad.finetune.rounds import backbone_from_package
-        from cad.finetune.train import train
         from cad.probe.nodes import choose_connection_node
 
         cfg, spec, inputs = settings.finetune, get_spec(settings.backbone.name), training.spec
@@ -116,26 +164,64 @@ class FinetuneStage(Stage[FinetuneSettings]):
             _, before, head = backbone_from_package(previous.package)
             if before.nodes.connection == connection:
                 model.head.load_state_dict(head)  # same attachment point: continue its head
-        order = training.order()
         val_images, val_samples = images.subset(splits.assignment().val)
         val_labels = column(val_samples, "label").astype(np.int64)
         runtime = select_runtime(cfg.precision, cfg.channels_last)
-        with progress(
-            f"finetune {spec.name} r{settings.round}", len(order) * cfg.epochs, "slices"
-        ) as bar:
-            result = train(
-                model,
-                np.asarray(training.images()),
-                training.labels(),
-                order,
-                val_images,
-                val_labels,
-                cfg,
-                training.augment,
-                runtime,
-                ctx.scratch,
-                bar,
-            )
+        runtime = on_local_rank(runtime, current().local_rank)
+        return _Job(
+            model, spec, finetune_node, connection, aux_nodes, training.order(), val_images,
+            val_labels, runtime,
+        )  # fmt: skip
+
+    def follow(self, settings: FinetuneSettings, inputs: dict[str, Any], scratch: Path) -> None:
+        """A rank > 0's part of a data-parallel run of this stage: build and train beside
+        rank 0, write nothing (rank 0 publishes)."""
+        get = inputs.get
+        job = self.build(
+            settings, inputs["probe"], inputs["features"], inputs["training"], inputs["images"],
+            inputs["splits"], get("previous"), get("pretrained"),
+        )  # fmt: skip
+        job.train(settings.finetune, inputs["training"], scratch, None)
+
+    def run(
+        self,
+        ctx: StageContext,
+        settings: FinetuneSettings,
+        probe: ProbeResult,
+        features: FeatureSet,
+        training: TrainingSet,
+        images: ImageSet,
+        splits: Splits,
+        previous: TrainedModel | None = None,
+        pretrained: PretrainedWeights | None = None,
+    ) -> dict[str, Any]:
+        import torch
+
+        from cad.device import describe
+        from cad.distributed import current
+        from cad.evaluate.calibration import fit_calibration
+        from cad.evaluate.metrics import choose_threshold
+        from cad.evaluate.plots import plot_training_curves
+        from cad.finetune.model import output_shape
+        from cad.finetune.package import save_package
+
+        given = {"probe": probe, "features": features, "training": training, "images": images,
+                 "splits": splits, "previous": previous, "pretrained": pretrained}  # fmt: skip
+        current().announce(
+            {
+                "stage": self.name,
+                "settings": settings.model_dump(mode="json"),
+                "inputs": {n: [a.stage, a.key] for n, a in given.items() if a is not None},
+                "scratch": ctx.scratch.name,  # under each rank's own (shared) workdir
+            }
+        )  # the other ranks (if any) build the same job and train beside this one
+        job = self.build(settings, probe, features, training, images, splits, previous, pretrained)
+        cfg, spec, inputs, index = settings.finetune, job.spec, training.spec, features.index()
+        model, order, val_labels = job.model, job.order, job.val_labels
+        finetune_node, connection, aux_nodes = job.finetune_node, job.connection, job.aux_nodes
+        total = len(order) * cfg.epochs
+        with progress(f"finetune {spec.name} r{settings.round}", total, "slices") as bar:
+            result = job.train(cfg, training, ctx.scratch, bar)
         assert result.val_prob is not None
         calibration = fit_calibration(cfg.calibration, val_labels, result.val_prob)
         val_prob = result.val_prob if calibration is None else calibration.apply(result.val_prob)
@@ -177,5 +263,9 @@ class FinetuneStage(Stage[FinetuneSettings]):
             "threshold": threshold,
             "best_val_f1": result.best_val_f1,
             "prefix_cache": result.used_prefix_cache,
-            "runtime": describe(runtime),
-        }
+            "runtime": describe(job.runtime),
+        } | (
+            {"data_parallel": {"ranks": result.ranks, "weights_sha256": result.weights_sha256}}
+            if result.ranks > 1
+            else {}
+        )
