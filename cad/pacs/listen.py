@@ -1,0 +1,277 @@
+"""``cad listen``: a DICOM C-STORE receiver (pynetdicom Storage SCP) that scores each study
+as it arrives, through :func:`cad.scoring.api.score_folder` (the path of ``cad score``).
+
+Received studies are staged complete-or-absent (:mod:`cad.pacs.staging`): written into
+``incoming/`` and renamed into ``studies/`` once complete (:mod:`cad.pacs.receiver`), then
+scored one at a time and appended to the outputs (:mod:`cad.pacs.ledger`). At start-up,
+studies staged but not yet scored (a listener stopped while they waited) are scored first.
+``<out stem>.received.csv`` gets a row per study and outcome (pseudonyms only):
+``scored``, ``not-an-image``, ``unreadable``, ``not-stored``, ``already-scored``,
+``cut-off``, ``send-failed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cad.errors import CadError, look_up_option
+from cad.pacs.client import quiet_libraries
+from cad.pacs.dimse import DECODABLE
+from cad.pacs.ledger import Ledger
+from cad.pacs.receiver import ACCEPTED, Arrival, Receiver
+from cad.pacs.staging import Staging, default_staging
+from cad.phi import Pseudonymizer, load_secret
+
+log = logging.getLogger("cad.pacs")
+
+RECEIVED_HEADER = ("study", "patient", "outcome", "instances", "reason")
+SCORED, CUT_OFF, SEND_FAILED = "scored", "cut-off", "send-failed"
+LEVELS = ("slice", "series")  # a patient row would cover one study: the listener sees one
+
+
+def received_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.received.csv")
+
+
+@dataclass
+class ListenOptions:
+    model: str
+    out: Path
+    aet: str = "CAD"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allow_aet: list[str] = field(default_factory=list)
+    study_timeout: float = 30.0
+    on_release: bool = True
+    errors: Path | None = None
+    staging: Path | None = None
+    keep_staged: bool = False
+    level: str = "slice"
+    batch_size: int = 64
+    workers: int = 2
+    tracking_uri: str | None = None
+    dicom_out: Path | None = None
+    pacs: str | None = None  # --send-results: store the --dicom-out results here
+    calling_aet: str = "CAD"
+    poll: float = 0.5  # seconds between checks for complete studies
+
+
+class Listener:
+    """The staging area, the outputs and the scorer; ``serve`` runs until a signal."""
+
+    def __init__(self, opts: ListenOptions) -> None:
+        look_up_option(opts.level, LEVELS, "--level")
+        if opts.study_timeout <= 0:
+            raise CadError(f"--study-timeout must be > 0 seconds; got {opts.study_timeout}")
+        self.opts = opts
+        out = opts.out
+        self.errors = opts.errors or out.with_name(f"{out.stem}.errors.csv")
+        self.pseudo = Pseudonymizer(load_secret(out.parent))  # the secret beside the outputs
+        self.area = Staging(opts.staging or default_staging(out)).open()
+        self.ledger = Ledger(out, self.errors, self._fingerprint()).open()
+        self.received = received_path(out)
+        if not self.received.exists():
+            self._rows([RECEIVED_HEADER])
+
+    def _fingerprint(self) -> dict:
+        """The model (by its checksums, keyed), --level and --dicom-out: what the rows
+        depend on. Resolving the model here also refuses a bad one before listening."""
+        import tempfile
+
+        from cad.artifacts.model_package import SUMS
+        from cad.finetune.package import load_package
+        from cad.scoring.api import resolve_model
+
+        with tempfile.TemporaryDirectory(prefix="cad-model-") as tmp:
+            package = resolve_model(self.opts.model, self.opts.tracking_uri, Path(tmp))
+            load_package(package)
+            sums = (package / SUMS).read_text()
+        return {
+            "model": self.pseudo.key("model", sums, 32),
+            "level": self.opts.level,
+            "dicom_out": self.opts.dicom_out is not None,
+        }
+
+    # -- the outcome rows
+
+    def _rows(self, rows: list) -> None:
+        with open(self.received, "a", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+
+    def _report(self, arrival: Arrival) -> None:
+        rows = [
+            (arrival.study, arrival.patient, outcome, n, reason)
+            for (outcome, reason), n in sorted(arrival.refused.items())
+        ]
+        for _, _, outcome, n, reason in rows:
+            log.warning("study %s: %d instances %s (%s)", arrival.study, n, outcome, reason)
+        self._rows(rows)
+
+    # -- scoring
+
+    def score_staged(self, study: str, patient: str = "") -> None:
+        """Score ``studies/<study>`` into the outputs (once), then drop the staged copy."""
+        from cad.scoring.api import score_folder
+
+        folder = self.area.studies / study
+        if study not in self.ledger.scored:
+            out = self.opts.out
+            part = out.with_name(f".{out.stem}.{study}.csv")  # beside --out: the same secret
+            part_errors = part.with_name(f".{out.stem}.{study}.errors.csv")
+            try:
+                summary = score_folder(
+                    self.opts.model,
+                    folder,
+                    part,
+                    errors=part_errors,
+                    level=self.opts.level,
+                    batch_size=self.opts.batch_size,
+                    workers=self.opts.workers,
+                    tracking_uri=self.opts.tracking_uri,
+                    dicom_out=self.opts.dicom_out,
+                    progress=False,
+                )
+                counts = {"slices": summary.slices, "not_scored": summary.error_files}
+                self.ledger.append(study, part, part_errors, counts)
+            finally:
+                for path in (part, part_errors, part.with_name(part.name + ".progress.json")):
+                    path.unlink(missing_ok=True)
+            reason = f"{summary.slices} slices scored"
+            if summary.error_files:
+                reason += f"; {summary.error_files} files not scored (see {self.errors.name})"
+            self._rows([(study, patient, SCORED, summary.files, reason)])
+            log.info("study %s: %s", study, reason)
+            self._send(study, patient)
+        if not self.opts.keep_staged:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _send(self, study: str, patient: str) -> None:
+        if self.opts.pacs is None or self.opts.dicom_out is None:
+            return
+        from cad.pacs.errors import PacsError
+        from cad.pacs.send import send_results
+
+        folder = self.opts.dicom_out / study
+        if not folder.is_dir():
+            return
+        try:
+            report = send_results(self.opts.pacs, folder, self.opts.calling_aet)
+        except PacsError as exc:
+            self._rows([(study, patient, SEND_FAILED, 0, str(exc))])
+            log.warning("study %s: results not stored into the PACS: %s", study, exc)
+            return
+        if report.failed:
+            reason = "; ".join(sorted({str(e) for e in report.failed.values()}))
+            self._rows([(study, patient, SEND_FAILED, len(report.failed), reason)])
+
+    def catch_up(self) -> int:
+        """Score what a previous listener staged but did not score; return how many."""
+        waiting = sorted(s for s in self.area.staged() if s not in self.ledger.scored)
+        for study in sorted(self.area.staged()):
+            self.score_staged(study, self._patient(study))
+        return len(waiting)
+
+    def _patient(self, study: str) -> str:
+        """The patient pseudonym of a staged study (from one of its files)."""
+        import pydicom
+
+        for path in sorted((self.area.studies / study).iterdir()):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+            except Exception:  # noqa: BLE001, S112 - the scorer reports unreadable files
+                continue
+            return self.pseudo.patient(str(ds.get("PatientID") or ""))
+        return ""
+
+    def finish(self, arrival: Arrival) -> None:
+        """A complete study: report what was refused, publish and score what was stored."""
+        self._report(arrival)
+        if arrival.folder is not None and arrival.stored:
+            self.area.publish(arrival.folder, arrival.study, merge=True)
+            self.score_staged(arrival.study, arrival.patient)
+        elif arrival.folder is not None:
+            shutil.rmtree(arrival.folder, ignore_errors=True)
+
+    # -- the server
+
+    def _ae(self, receiver: Receiver):
+        from pynetdicom import AE, StoragePresentationContexts
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        ae = AE(ae_title=self.opts.aet)
+        ae.require_called_aet = True
+        if self.opts.allow_aet:
+            ae.require_calling_aet = list(self.opts.allow_aet)
+        ae.add_supported_context(Verification)
+        for context in StoragePresentationContexts:  # others are refused per object, typed
+            syntaxes = DECODABLE if context.abstract_syntax in ACCEPTED else None
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
+        return ae
+
+    def serve(self, ready=lambda port: None) -> None:
+        """Score what waits, then receive and score until interrupted (KeyboardInterrupt,
+        or Terminated on SIGTERM: the CLI turns them into exit 130 / 143)."""
+        done = self.catch_up()
+        if done:
+            log.info("scored %d studies staged by a previous listener", done)
+        quiet_libraries()  # pynetdicom logs raw UIDs at INFO
+        receiver = Receiver(
+            self.area,
+            self.pseudo,
+            set(self.ledger.scored),
+            self.opts.study_timeout,
+            self.opts.on_release,
+        )
+        ae = self._ae(receiver)
+        try:
+            server = ae.start_server(
+                (self.opts.host, self.opts.port), block=False, evt_handlers=receiver.handlers()
+            )
+        except OSError as exc:
+            raise CadError(
+                f"cannot listen on {self.opts.host}:{self.opts.port} ({exc.strerror}); pick a "
+                "free --port (ports below 1024 need privileges) and a --host of this machine"
+            ) from None
+        port = server.server_address[1]
+        log.info(
+            "listening on %s:%d as AE %s (studies complete after %g s without instances%s)",
+            self.opts.host,
+            port,
+            self.opts.aet,
+            self.opts.study_timeout,
+            " or when released" if self.opts.on_release else "",
+        )
+        ready(port)
+        try:
+            while True:
+                for arrival in receiver.take():
+                    receiver.scored.add(arrival.study)  # before scoring: a resend is "again"
+                    self.finish(arrival)
+                time.sleep(self.opts.poll)
+        finally:
+            kept, cut = receiver.close()
+            server.shutdown()  # stop accepting
+            ae.shutdown()  # abort what is still open: its senders send again
+            self._stop(kept, cut)
+
+    def _stop(self, kept: list[Arrival], cut: list[Arrival]) -> None:
+        """Keep every study its senders finished (staged: scored at the next start);
+        report the cut-off ones (deleted: their senders saw the abort)."""
+        for arrival in kept:
+            self._report(arrival)
+            if arrival.folder is not None and arrival.stored:
+                self.area.publish(arrival.folder, arrival.study, merge=True)
+        for arrival in cut:
+            reason = "the listener stopped during the transfer; the sender should send it again"
+            self._rows([(arrival.study, arrival.patient, CUT_OFF, arrival.stored, reason)])
+        if kept or cut:
+            log.info(
+                "stopped: %d received studies staged for the next start, %d cut off",
+                sum(1 for a in kept if a.stored),
+                len(cut),
+            )

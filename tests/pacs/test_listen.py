@@ -1,0 +1,176 @@
+"""``cad listen`` as a real process on a loopback port, fed by pynetdicom's C-STORE SCU:
+the rows of `cad score` on the same files, typed outcomes for non-images, rejected callers,
+and a SIGTERM that keeps a received study for the next start (which scores it once)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from orthanc_server import dicom_files
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+ROOT = Path(__file__).resolve().parents[2]
+SENDER = "MODALITY1"
+
+
+@dataclass
+class Listening:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(signum)
+        return self.proc.wait()
+
+
+def start(package: Path, out: Path, *extra: str) -> Listening:
+    """``cad listen`` on a free loopback port; returns once it listens (its log says so)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"listen-{len(list(out.parent.glob('listen-*.log')))}.log"
+    command = [sys.executable, "-m", "cad", "listen", "--model", str(package), "--out", str(out),
+               "--port", "0", "--workers", "0", "--batch-size", "8", *extra]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    while proc.poll() is None:
+        if found := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()):
+            return Listening(proc, int(found.group(1)), log)
+        time.sleep(0.1)
+    pytest.fail(f"cad listen ended with {proc.returncode} before listening:\n{log.read_text()}")
+
+
+def send(port: int, files: list[Path], calling: str = SENDER) -> list[int]:
+    """C-STORE every file in one association; the status of each."""
+    datasets = [pydicom.dcmread(f) for f in files]
+    ae = AE(ae_title=calling)
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CAD")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    assoc.release()
+    return statuses
+
+
+def received(out: Path) -> list[dict[str, str]]:
+    with open(out.with_name(f"{out.stem}.received.csv"), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def wait_for_scored(run: Listening, out: Path, studies: int) -> None:
+    while sum(r["outcome"] == "scored" for r in received(out)) < studies:
+        assert run.proc.poll() is None, run.text()
+        time.sleep(0.2)
+
+
+def study_files(export: Path) -> dict[str, list[Path]]:
+    """The export's files by StudyInstanceUID."""
+    studies: dict[str, list[Path]] = {}
+    for path in dicom_files(export):
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+        studies.setdefault(uid, []).append(path)
+    return studies
+
+
+def phi(export: Path) -> set[str]:
+    found = set()
+    for path in dicom_files(export):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        found |= {str(ds.PatientID), str(ds.PatientName), str(ds.StudyInstanceUID)}
+    return found
+
+
+@pytest.fixture(scope="module")
+def folder_rows(export: Path, package: Path, tmp_path_factory) -> bytes:
+    """`cad score` on the export folder (slice rows), the bytes the listener must write."""
+    from cad.scoring.api import score_folder
+
+    out = tmp_path_factory.mktemp("folder") / "predictions.csv"
+    score_folder(package, export, out, level="slice", workers=0, batch_size=8, progress=False)
+    return out.read_bytes()
+
+
+def test_listener_writes_the_rows_of_cad_score(export, package, folder_rows, tmp_path):
+    out = tmp_path / "out" / "predictions.csv"
+    run = start(package, out, "--study-timeout", "3600")  # complete on release
+    files = dicom_files(export)
+    statuses = send(run.port, files)
+    is_sr = [f.name == "report_sr.dcm" for f in files]
+    assert [s for s, sr in zip(statuses, is_sr, strict=True) if sr] == [0x0122]
+    assert {s for s, sr in zip(statuses, is_sr, strict=True) if not sr} == {0x0000}
+    wait_for_scored(run, out, 2)
+    assert run.stop() == 128 + signal.SIGTERM, run.text()
+
+    assert out.read_bytes() == folder_rows
+    rows = received(out)
+    refused = [r for r in rows if r["outcome"] == "not-an-image"]
+    assert len(refused) == 1 and refused[0]["instances"] == "1"
+    assert "Basic Text SR Storage" in refused[0]["reason"]
+    scored = [r for r in rows if r["outcome"] == "scored"]
+    assert refused[0]["study"] in {r["study"] for r in scored}  # the SR's study: by key
+    assert not any((out.parent / "predictions.staged" / "studies").iterdir())
+    texts = [run.text()] + [p.read_text() for p in out.parent.glob("predictions*.*") if p.is_file()]
+    for value in phi(export):
+        assert not any(value in text for text in texts), "an identifier reached an output"
+
+
+def test_unknown_calling_aet_is_rejected(package, tmp_path):
+    out = tmp_path / "predictions.csv"
+    run = start(package, out, "--allow-aet", SENDER, "--allow-aet", "OTHER")
+    for calling, accepted in ((SENDER, True), ("INTRUDER", False)):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", run.port, ae_title="CAD")
+        assert assoc.is_established is accepted and assoc.is_rejected is not accepted
+        if accepted:
+            assert int(assoc.send_c_echo().Status) == 0
+            assoc.release()
+    assert run.stop(signal.SIGINT) == 128 + signal.SIGINT
+    log = run.text()
+    assert "rejected an association from AE INTRUDER" in log
+    assert f"from AE {SENDER}" not in log
+
+
+def test_sigterm_keeps_a_received_study_and_a_restart_scores_it_once(
+    export, package, folder_rows, tmp_path
+):
+    out = tmp_path / "predictions.csv"
+    staged = tmp_path / "predictions.staged" / "studies"
+    first = sorted(study_files(export).items())[0][1]
+    images = [f for f in first if f.name != "report_sr.dcm"]
+    run = start(package, out, "--study-timeout", "3600", "--no-score-on-release")
+    assert set(send(run.port, images)) == {0x0000}
+    assert run.stop() == 128 + signal.SIGTERM, run.text()
+    assert "interrupted (SIGTERM)" in run.text() and "Traceback" not in run.text()
+    assert [len(list(d.iterdir())) for d in staged.iterdir()] == [len(images)]
+    header = folder_rows.split(b"\n", 1)[0] + b"\n"
+    assert out.read_bytes() == header  # received, not scored yet
+
+    run = start(package, out)  # scores the staged study before it listens
+    study = received(out)[-1]["study"]
+    assert received(out)[-1]["outcome"] == "scored"
+    expected = [line for line in folder_rows.splitlines(True) if f",{study},".encode() in line]
+    assert out.read_bytes() == header + b"".join(expected) and expected
+    assert not any(staged.iterdir())
+    assert run.stop() == 128 + signal.SIGTERM
+
+    scored = out.read_bytes()
+    run = start(package, out)  # nothing left: nothing scored again
+    assert run.stop() == 128 + signal.SIGTERM
+    assert out.read_bytes() == scored
+    assert sum(r["outcome"] == "scored" for r in received(out)) == 1
