@@ -109,7 +109,7 @@ class Listener:
             for (outcome, reason), n in sorted(arrival.refused.items())
         ]
         for _, _, outcome, n, reason in rows:
-            log.warning("study %s: %d instances %s (%s)", arrival.study, n, outcome, reason)
+            log.warning("study %s: %s, %d instance(s): %s", arrival.study, outcome, n, reason)
         self._rows(rows)
 
     # -- scoring

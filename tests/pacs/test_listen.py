@@ -19,6 +19,7 @@ import pytest
 from orthanc_server import dicom_files
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from score_helpers import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "MODALITY1"
@@ -101,7 +102,9 @@ def folder_rows(export: Path, package: Path, tmp_path_factory) -> bytes:
     from cad.scoring.api import score_folder
 
     out = tmp_path_factory.mktemp("folder") / "predictions.csv"
-    score_folder(package, export, out, level="slice", workers=0, batch_size=8, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the secret the listeners get (conftest._env)
+        mp.setenv("CAD_SECRET", SECRET)
+        score_folder(package, export, out, level="slice", workers=0, batch_size=8, progress=False)
     return out.read_bytes()
 
 
