@@ -72,8 +72,9 @@ class Listener:
         out = opts.out
         self.errors = opts.errors or out.with_name(f"{out.stem}.errors.csv")
         self.pseudo = Pseudonymizer(load_secret(out.parent))  # the secret beside the outputs
+        fingerprint = self._fingerprint()  # a bad model: refused before anything is made
         self.area = Staging(opts.staging or default_staging(out)).open()
-        self.ledger = Ledger(out, self.errors, self._fingerprint()).open()
+        self.ledger = Ledger(out, self.errors, fingerprint).open()
         self.received = received_path(out)
         if not self.received.exists():
             self._rows([RECEIVED_HEADER])
@@ -83,13 +84,13 @@ class Listener:
         depend on. Resolving the model here also refuses a bad one before listening."""
         import tempfile
 
-        from cad.artifacts.model_package import SUMS
-        from cad.finetune.package import load_package
+        from cad.artifacts.model_package import SUMS, read_meta, verify_package
         from cad.scoring.api import resolve_model
 
         with tempfile.TemporaryDirectory(prefix="cad-model-") as tmp:
             package = resolve_model(self.opts.model, self.opts.tracking_uri, Path(tmp))
-            load_package(package)
+            verify_package(package)  # checksums and model.json: a bad model ends here
+            read_meta(package)
             sums = (package / SUMS).read_text()
         return {
             "model": self.pseudo.key("model", sums, 32),

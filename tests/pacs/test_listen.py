@@ -177,3 +177,55 @@ def test_sigterm_keeps_a_received_study_and_a_restart_scores_it_once(
     assert run.stop() == 128 + signal.SIGTERM
     assert out.read_bytes() == scored
     assert sum(r["outcome"] == "scored" for r in received(out)) == 1
+
+
+def test_a_study_still_arriving_at_sigterm_is_cut_off_not_kept(export, package, tmp_path):
+    out = tmp_path / "predictions.csv"
+    images = [f for f in sorted(study_files(export).items())[0][1] if f.name != "report_sr.dcm"]
+    run = start(package, out, "--study-timeout", "3600")
+    ae = AE(ae_title=SENDER)
+    datasets = [pydicom.dcmread(f) for f in images[:3]]
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", run.port, ae_title="CAD")
+    assert [int(assoc.send_c_store(ds).Status) for ds in datasets] == [0, 0, 0]
+    assert run.stop() == 128 + signal.SIGTERM, run.text()  # the association is still open
+    assert assoc.is_aborted or not assoc.is_established  # the sender is told
+    [row] = [r for r in received(out) if r["outcome"] != "scored"]
+    assert (row["outcome"], row["instances"]) == ("cut-off", "3")
+    assert not any((tmp_path / "predictions.staged" / "studies").iterdir())
+    assert not any((tmp_path / "predictions.staged" / "incoming").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--level", "patient"], "unknown --level 'patient'"),
+        (["--send-results"], "--send-results stores the --dicom-out results into --pacs"),
+        (["--study-timeout", "0"], "--study-timeout must be > 0"),
+    ],
+)
+def test_usage_errors_exit_2_before_listening(extra, message, package, tmp_path):
+    from typer.testing import CliRunner
+
+    from cad.cli import app
+
+    args = ["listen", "--model", str(package), "--out", str(tmp_path / "p.csv"), "--port", "0"]
+    result = CliRunner().invoke(app, [*args, *extra])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_outputs_of_another_model_or_level_are_refused(package, tmp_path):
+    from cad.errors import CadError
+    from cad.pacs.listen import Listener, ListenOptions
+
+    out = tmp_path / "p.csv"
+    Listener(ListenOptions(model=str(package), out=out))
+    Listener(ListenOptions(model=str(package), out=out))  # the same options continue
+    with pytest.raises(CadError, match="different level"):
+        Listener(ListenOptions(model=str(package), out=out, level="series"))
+    (tmp_path / "q.csv").write_text("someone else's file\n")
+    with pytest.raises(CadError, match="not written by cad listen"):
+        Listener(ListenOptions(model=str(package), out=tmp_path / "q.csv"))
+    with pytest.raises(CadError, match="no model package directory"):
+        Listener(ListenOptions(model=str(tmp_path / "nowhere"), out=tmp_path / "r.csv"))
+    assert not (tmp_path / "r.staged").exists() and not (tmp_path / "r.csv").exists()
