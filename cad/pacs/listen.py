@@ -73,11 +73,29 @@ class Listener:
         self.errors = opts.errors or out.with_name(f"{out.stem}.errors.csv")
         self.pseudo = Pseudonymizer(load_secret(out.parent))  # the secret beside the outputs
         fingerprint = self._fingerprint()  # a bad model: refused before anything is made
+        self._lock = self._only_listener(out)
         self.area = Staging(opts.staging or default_staging(out)).open()
         self.ledger = Ledger(out, self.errors, fingerprint).open()
         self.received = received_path(out)
         if not self.received.exists():
             self._rows([RECEIVED_HEADER])
+
+    @staticmethod
+    def _only_listener(out: Path):
+        """An flock on ``<out>.listen.lock`` for the process's life: a second listener on
+        the same outputs is refused (the kernel drops the lock when a process dies)."""
+        import fcntl
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(out.with_name(out.name + ".listen.lock"), "a")  # noqa: SIM115 - held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise CadError(
+                f"another cad listen writes to {out}; stop it, or pass another --out"
+            ) from None
+        return handle
 
     def _fingerprint(self) -> dict:
         """The model (by its checksums, keyed), --level and --dicom-out: what the rows
@@ -105,6 +123,9 @@ class Listener:
             csv.writer(handle).writerows(rows)
 
     def _report(self, arrival: Arrival) -> None:
+        if arrival.reported:
+            return
+        arrival.reported = True
         rows = [
             (arrival.study, arrival.patient, outcome, n, reason)
             for (outcome, reason), n in sorted(arrival.refused.items())
@@ -200,8 +221,8 @@ class Listener:
 
     # -- the server
 
-    def _ae(self, receiver: Receiver):
-        from pynetdicom import AE, StoragePresentationContexts
+    def _ae(self):
+        from pynetdicom import AE, AllStoragePresentationContexts
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         ae = AE(ae_title=self.opts.aet)
@@ -209,12 +230,12 @@ class Listener:
         if self.opts.allow_aet:
             ae.require_calling_aet = list(self.opts.allow_aet)
         ae.add_supported_context(Verification)
-        for context in StoragePresentationContexts:  # others are refused per object, typed
+        for context in AllStoragePresentationContexts:  # others are refused per object, typed
             syntaxes = DECODABLE if context.abstract_syntax in ACCEPTED else None
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         return ae
 
-    def serve(self, ready=lambda port: None) -> None:
+    def serve(self) -> None:
         """Score what waits, then receive and score until interrupted (KeyboardInterrupt,
         or Terminated on SIGTERM: the CLI turns them into exit 130 / 143)."""
         done = self.catch_up()
@@ -228,7 +249,7 @@ class Listener:
             self.opts.study_timeout,
             self.opts.on_release,
         )
-        ae = self._ae(receiver)
+        ae = self._ae()
         try:
             server = ae.start_server(
                 (self.opts.host, self.opts.port), block=False, evt_handlers=receiver.handlers()
@@ -247,25 +268,27 @@ class Listener:
             self.opts.study_timeout,
             " or when released" if self.opts.on_release else "",
         )
-        ready(port)
+        pending: list[Arrival] = []  # complete, taken from the receiver, not scored yet
         try:
             while True:
-                for arrival in receiver.take():
-                    receiver.scored.add(arrival.study)  # before scoring: a resend is "again"
-                    self.finish(arrival)
+                pending = receiver.take()
+                while pending:
+                    receiver.scored.add(pending[0].study)  # from now on a resend is "again"
+                    self.finish(pending[0])
+                    pending.pop(0)
                 time.sleep(self.opts.poll)
         finally:
             kept, cut = receiver.close()
             server.shutdown()  # stop accepting
             ae.shutdown()  # abort what is still open: its senders send again
-            self._stop(kept, cut)
+            self._stop(kept, cut, pending)
 
-    def _stop(self, kept: list[Arrival], cut: list[Arrival]) -> None:
+    def _stop(self, kept: list[Arrival], cut: list[Arrival], pending: list[Arrival]) -> None:
         """Keep every study its senders finished (staged: scored at the next start);
         report the cut-off ones (deleted: their senders saw the abort)."""
-        for arrival in kept:
+        for arrival in kept + pending:  # complete: staged for the next start
             self._report(arrival)
-            if arrival.folder is not None and arrival.stored:
+            if arrival.folder is not None and arrival.folder.is_dir() and arrival.stored:
                 self.area.publish(arrival.folder, arrival.study, merge=True)
         for arrival in cut:
             reason = "the listener stopped during the transfer; the sender should send it again"

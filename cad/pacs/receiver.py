@@ -58,6 +58,7 @@ class Arrival:
     last: float = field(default_factory=time.monotonic)
     senders: set[int] = field(default_factory=set)  # associations still delivering it
     released: bool = False
+    reported: bool = False  # its outcome rows are written
 
 
 class Receiver:
