@@ -9,7 +9,8 @@
 - ``fetch``: query, skip what is staged, retrieve the rest with a typed outcome per study
 - ``score``: fetch, then score the staged folder with :func:`cad.scoring.api.score_folder`
 - ``send``: store DICOM files (STOW-RS or C-STORE) with a typed error per failed file
-- ``receiver`` / ``ledger`` / ``listen``: ``cad listen``, a C-STORE receiver that stages
-  each study as it arrives and scores it with ``score_folder``, appending to the outputs
+- ``receiver`` / ``scorer`` / ``ledger`` / ``listen``: ``cad listen``, a C-STORE receiver
+  that stages each study as it arrives and scores it with ``score_folder``, appending to
+  the outputs
 - ``cli``: the typer options and the ``cad pacs send`` command
 """
