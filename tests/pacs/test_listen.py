@@ -229,3 +229,30 @@ def test_outputs_of_another_model_or_level_are_refused(package, tmp_path):
     with pytest.raises(CadError, match="no model package directory"):
         Listener(ListenOptions(model=str(tmp_path / "nowhere"), out=tmp_path / "r.csv"))
     assert not (tmp_path / "r.staged").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_results_of_each_study_are_stored_into_the_pacs(
+    export, package, orthanc, monkeypatch, tmp_path
+):
+    import requests
+    from orthanc_server import CAD_AET, PASSWORD, USER
+
+    out, dicom_out = tmp_path / "predictions.csv", tmp_path / "dicom"
+    monkeypatch.setenv("CAD_PACS_USER", USER)  # the listener inherits them
+    monkeypatch.setenv("CAD_PACS_PASSWORD", PASSWORD)
+    images = [f for f in sorted(study_files(export).items())[0][1] if f.name != "report_sr.dcm"]
+    run = start(package, out, "--dicom-out", str(dicom_out), "--send-results",
+                "--pacs", orthanc.dimse_url, "--calling-aet", CAD_AET)  # fmt: skip
+    assert set(send(run.port, images)) == {0x0000}
+    wait_for_scored(run, out, 1)
+    assert run.stop() == 128 + signal.SIGTERM, run.text()
+    assert [r["outcome"] for r in received(out)] == ["scored"], received(out)
+    [sr_path] = dicom_out.glob("*/sr.dcm")
+    sr = pydicom.dcmread(sr_path)
+    assert str(sr.StudyInstanceUID) == str(pydicom.dcmread(images[0]).StudyInstanceUID)
+    hits = requests.post(
+        orthanc.http + "/tools/lookup", data=str(sr.SOPInstanceUID), auth=(USER, PASSWORD),
+        timeout=30,
+    ).json()  # fmt: skip
+    assert [h["Type"] for h in hits] == ["Instance"]
+    assert PASSWORD not in run.text() and USER not in run.text()
