@@ -94,11 +94,16 @@ class Receiver:
         sop_class = UID(str(event.request.AffectedSOPClassUID))
         try:
             ds = event.dataset
-            study_uid, patient_id = str(ds.StudyInstanceUID), str(ds.get("PatientID") or "")
+            study_uid = str(ds.get("StudyInstanceUID") or "")
+            patient_id = str(ds.get("PatientID") or "")
             sop_uid = str(event.request.AffectedSOPInstanceUID)
         except Exception:  # noqa: BLE001 - any undecodable data set is the sender's problem
             self._count(UNKNOWN_STUDY, "", UNREADABLE, "the data set cannot be decoded", event)
             return CANNOT_UNDERSTAND
+        if not study_uid:
+            reason = "no StudyInstanceUID: cannot be grouped into a study"
+            self._count(UNKNOWN_STUDY, "", UNREADABLE, reason, event)
+            return DOES_NOT_MATCH
         study, patient = self.pseudo.study(study_uid), self.pseudo.patient(patient_id)
         if sop_class not in ACCEPTED:
             reason = f"{sop_class.name}: not an MR image the model reads; refused"

@@ -3,7 +3,7 @@
 outputs (:mod:`cad.pacs.ledger`), its results optionally stored into the PACS, and every
 outcome written to ``<out stem>.received.csv`` (pseudonyms only): ``scored``,
 ``not-an-image``, ``unreadable``, ``not-stored``, ``already-scored``, ``cut-off``,
-``send-failed``.
+``results-stored``, ``send-failed``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from cad.phi import Pseudonymizer, load_secret
 log = logging.getLogger("cad.pacs")
 
 RECEIVED_HEADER = ("study", "patient", "outcome", "instances", "reason")
-SCORED, CUT_OFF, SEND_FAILED = "scored", "cut-off", "send-failed"
+SCORED, CUT_OFF, SENT, SEND_FAILED = "scored", "cut-off", "results-stored", "send-failed"
 LEVELS = ("slice", "series")  # a patient row would cover one study: the listener sees one
 
 
@@ -180,6 +180,8 @@ class StudyScorer:
             self.rows([(study, patient, SEND_FAILED, 0, str(exc))])
             log.warning("study %s: results not stored into the PACS: %s", study, exc)
             return
+        if report.stored:
+            self.rows([(study, patient, SENT, len(report.stored), f"into {report.pacs}")])
         if report.failed:
             reason = "; ".join(sorted({str(e) for e in report.failed.values()}))
             self.rows([(study, patient, SEND_FAILED, len(report.failed), reason)])

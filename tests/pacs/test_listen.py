@@ -8,6 +8,7 @@ import csv
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from orthanc_server import dicom_files
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from score_helpers import SECRET
@@ -73,8 +75,8 @@ def received(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def wait_for_scored(run: Listening, out: Path, studies: int) -> None:
-    while sum(r["outcome"] == "scored" for r in received(out)) < studies:
+def wait_for_scored(run: Listening, out: Path, studies: int, outcome: str = "scored") -> None:
+    while sum(r["outcome"] == outcome for r in received(out)) < studies:
         assert run.proc.poll() is None, run.text()
         time.sleep(0.2)
 
@@ -112,10 +114,15 @@ def test_listener_writes_the_rows_of_cad_score(export, package, folder_rows, tmp
     out = tmp_path / "out" / "predictions.csv"
     run = start(package, out, "--study-timeout", "3600")  # complete on release
     files = dicom_files(export)
-    statuses = send(run.port, files)
+    orphan = pydicom.dcmread(files[0])  # an image without its study: cannot be grouped
+    del orphan.StudyInstanceUID
+    orphan.SOPInstanceUID = orphan.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    orphan.save_as(tmp_path / "orphan.dcm")
+    statuses = send(run.port, [*files, tmp_path / "orphan.dcm"])
     is_sr = [f.name == "report_sr.dcm" for f in files]
-    assert [s for s, sr in zip(statuses, is_sr, strict=True) if sr] == [0x0122]
-    assert {s for s, sr in zip(statuses, is_sr, strict=True) if not sr} == {0x0000}
+    assert [s for s, sr in zip(statuses, is_sr, strict=False) if sr] == [0x0122]
+    assert {s for s, sr in zip(statuses, is_sr, strict=False) if not sr} == {0x0000}
+    assert statuses[-1] == 0xA900
     wait_for_scored(run, out, 2)
     assert run.stop() == 128 + signal.SIGTERM, run.text()
 
@@ -126,7 +133,11 @@ def test_listener_writes_the_rows_of_cad_score(export, package, folder_rows, tmp
     assert "Basic Text SR Storage" in refused[0]["reason"]
     scored = [r for r in rows if r["outcome"] == "scored"]
     assert refused[0]["study"] in {r["study"] for r in scored}  # the SR's study: by key
-    assert not any((out.parent / "predictions.staged" / "studies").iterdir())
+    [orphan_row] = [r for r in rows if r["outcome"] == "unreadable"]
+    assert (orphan_row["study"], orphan_row["instances"]) == ("stu-unknown", "1")
+    staging = out.parent / "predictions.staged"
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o700
+    assert not any((staging / "studies").iterdir())
     texts = [run.text()] + [p.read_text() for p in out.parent.glob("predictions*.*") if p.is_file()]
     for value in phi(export):
         assert not any(value in text for text in texts), "an identifier reached an output"
@@ -177,6 +188,8 @@ def test_sigterm_keeps_a_received_study_and_a_restart_scores_it_once(
     assert run.stop() == 128 + signal.SIGTERM
     assert out.read_bytes() == scored
     assert sum(r["outcome"] == "scored" for r in received(out)) == 1
+    logs = [p.read_text() for p in tmp_path.glob("listen-*.log")]
+    assert not any(value in text for value in phi(export) for text in logs)
 
 
 def test_a_study_still_arriving_at_sigterm_is_cut_off_not_kept(export, package, tmp_path):
@@ -244,9 +257,11 @@ def test_results_of_each_study_are_stored_into_the_pacs(
     run = start(package, out, "--dicom-out", str(dicom_out), "--send-results",
                 "--pacs", orthanc.dimse_url, "--calling-aet", CAD_AET)  # fmt: skip
     assert set(send(run.port, images)) == {0x0000}
-    wait_for_scored(run, out, 1)
+    wait_for_scored(run, out, 1, "results-stored")
     assert run.stop() == 128 + signal.SIGTERM, run.text()
-    assert [r["outcome"] for r in received(out)] == ["scored"], received(out)
+    rows = received(out)
+    assert [r["outcome"] for r in rows] == ["scored", "results-stored"], rows
+    assert rows[1]["instances"] == "2" and rows[1]["reason"] == f"into {orthanc.dimse_url}"
     [sr_path] = dicom_out.glob("*/sr.dcm")
     sr = pydicom.dcmread(sr_path)
     assert str(sr.StudyInstanceUID) == str(pydicom.dcmread(images[0]).StudyInstanceUID)
