@@ -61,8 +61,10 @@ def send(port: int, files: list[Path], calling: str = SENDER) -> list[int]:
     """C-STORE every file in one association; the status of each."""
     datasets = [pydicom.dcmread(f) for f in files]
     ae = AE(ae_title=calling)
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    for sop_class, syntax in sorted(
+        {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
+    ):
+        ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title="CAD")
     assert assoc.is_established
     statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
