@@ -94,8 +94,11 @@ class Listener:
             while True:
                 pending = receiver.take()
                 while pending:
-                    receiver.scored.add(pending[0].study)  # from now on a resend is "again"
+                    study = pending[0].study
+                    receiver.scored.add(study)  # from now on a resend is "again"
                     self.finish(pending[0])
+                    if study not in self.scorer.ledger.scored:  # failed: staged, open again
+                        receiver.scored.discard(study)
                     pending.pop(0)
                 time.sleep(self.opts.poll)
         finally:

@@ -2,8 +2,8 @@
 :func:`cad.scoring.api.score_folder` (the path of ``cad score``) and appended to the
 outputs (:mod:`cad.pacs.ledger`), its results optionally stored into the PACS, and every
 outcome written to ``<out stem>.received.csv`` (pseudonyms only): ``scored``,
-``not-an-image``, ``unreadable``, ``not-stored``, ``already-scored``, ``cut-off``,
-``results-stored``, ``send-failed``.
+``score-failed``, ``not-an-image``, ``unreadable``, ``not-stored``, ``already-scored``,
+``cut-off``, ``results-stored``, ``send-failed``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from cad.phi import Pseudonymizer, load_secret
 log = logging.getLogger("cad.pacs")
 
 RECEIVED_HEADER = ("study", "patient", "outcome", "instances", "reason")
-SCORED, CUT_OFF, SENT, SEND_FAILED = "scored", "cut-off", "results-stored", "send-failed"
+SCORED, SCORE_FAILED, CUT_OFF = "scored", "score-failed", "cut-off"
+SENT, SEND_FAILED = "results-stored", "send-failed"
 LEVELS = ("slice", "series")  # a patient row would cover one study: the listener sees one
 
 
@@ -153,6 +154,10 @@ class StudyScorer:
                 )
                 counts = {"slices": summary.slices, "not_scored": summary.error_files}
                 self.ledger.append(study, part, part_errors, counts)
+            except CadError as exc:  # e.g. the MLflow server is down: keep it for a restart
+                self.rows([(study, patient, SCORE_FAILED, 0, f"{exc}; staged for the next start")])
+                log.error("study %s: not scored: %s; it stays staged", study, exc)
+                return
             finally:
                 for path in (part, part_errors, part.with_name(part.name + ".progress.json")):
                     path.unlink(missing_ok=True)

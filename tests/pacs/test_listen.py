@@ -126,6 +126,9 @@ def test_listener_writes_the_rows_of_cad_score(export, package, folder_rows, tmp
     assert {s for s, sr in zip(statuses, is_sr, strict=False) if not sr} == {0x0000}
     assert statuses[-1] == 0xA900
     wait_for_scored(run, out, 2)
+    again = [f for f in files if f.parent == files[-1].parent]  # one series sent again
+    assert set(send(run.port, again)) == {0x0000}
+    wait_for_scored(run, out, 1, "already-scored")
     assert run.stop() == 128 + signal.SIGTERM, run.text()
 
     assert out.read_bytes() == folder_rows
