@@ -276,3 +276,23 @@ def test_results_of_each_study_are_stored_into_the_pacs(
     ).json()  # fmt: skip
     assert [h["Type"] for h in hits] == ["Instance"]
     assert PASSWORD not in run.text() and USER not in run.text()
+
+
+def test_a_second_listener_on_the_same_outputs_or_a_taken_port_is_refused(package, tmp_path):
+    import socket
+
+    from cad.errors import CadError
+    from cad.pacs.listen import Listener, ListenOptions
+
+    first = Listener(ListenOptions(model=str(package), out=tmp_path / "p.csv"))
+    with pytest.raises(CadError, match="another cad listen writes to"):
+        Listener(ListenOptions(model=str(package), out=tmp_path / "p.csv"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        opts = ListenOptions(
+            model=str(package), out=tmp_path / "q.csv", port=taken.getsockname()[1]
+        )
+        with pytest.raises(CadError, match="cannot listen on 127.0.0.1"):
+            Listener(opts).serve()
+    assert first.scorer.ledger.scored == {}
