@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cad.errors import CadError, look_up_option
+from cad.io.files import refuse_symlink
 from cad.pacs.ledger import Ledger
 from cad.pacs.receiver import Arrival
 from cad.pacs.staging import Staging, default_staging
@@ -65,12 +66,15 @@ class StudyScorer:
         self.opts = opts
         out = opts.out
         self.errors = opts.errors or out.with_name(f"{out.stem}.errors.csv")
+        self.received = received_path(out)
+        for path, option in ((out, "--out"), (self.errors, "--errors")):
+            refuse_symlink(path, option)
+        refuse_symlink(self.received, "--out's received CSV")
         self.pseudo = Pseudonymizer(load_secret(out.parent))  # the secret beside the outputs
         fingerprint = self._fingerprint()  # a bad model: refused before anything is made
         self._lock = self._only_listener(out)
         self.area = Staging(opts.staging or default_staging(out)).open()
         self.ledger = Ledger(out, self.errors, fingerprint).open()
-        self.received = received_path(out)
         if not self.received.exists():
             self.rows([RECEIVED_HEADER])
 

@@ -244,6 +244,9 @@ def test_outputs_of_another_model_or_level_are_refused(package, tmp_path):
     (tmp_path / "q.csv").write_text("someone else's file\n")
     with pytest.raises(CadError, match="not written by cad listen"):
         Listener(ListenOptions(model=str(package), out=tmp_path / "q.csv"))
+    (tmp_path / "link.csv").symlink_to(tmp_path / "elsewhere.csv")
+    with pytest.raises(CadError, match="--out is a symbolic link"):
+        Listener(ListenOptions(model=str(package), out=tmp_path / "link.csv"))
     with pytest.raises(CadError, match="no model package directory"):
         Listener(ListenOptions(model=str(tmp_path / "nowhere"), out=tmp_path / "r.csv"))
     assert not (tmp_path / "r.staged").exists() and not (tmp_path / "r.csv").exists()
