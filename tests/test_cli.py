@@ -13,6 +13,7 @@ COMMANDS = [
     [],
     ["run"],
     ["score"],
+    ["listen"],
     ["data"],
     ["data", "check"],
     ["data", "phantom"],

@@ -27,6 +27,7 @@ COMMANDS = [
     ["backbones", "inspect"],
     ["pretrain"],
     ["compare"],
+    ["listen"],
     ["doctor"],
 ]
 

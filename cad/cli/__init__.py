@@ -8,7 +8,7 @@ internal error (a bug; a PHI-free crash report, :mod:`cad.cli.crash`); 128 + N o
 
 from __future__ import annotations
 
-from cad.cli import backbones, compare, data, doctor, pacs, pretrain, run  # noqa: F401  (registers the subcommands)
+from cad.cli import backbones, compare, data, doctor, listen, pacs, pretrain, run  # noqa: F401  (registers the subcommands)
 from cad.cli.app import app, register_score
 
 register_score()

@@ -5,7 +5,8 @@
     STAGING/                     mode 0700, marked by .cad-staging
       studies/<study key>/       complete studies only: scored as a folder
         <instance key>.dcm
-      incoming/<study key>.XXXX/ a study being retrieved (renamed into studies/ when whole)
+      incoming/<study key>.XXXX/ a study being retrieved or received (renamed into
+                                 studies/ when whole)
 
 A study is complete or absent: it is retrieved into ``incoming/`` and renamed into
 ``studies/`` in one step once every instance has arrived, so a transfer that breaks off,
@@ -80,16 +81,32 @@ class Staging:
     def receive(self, key: str) -> Iterator[Path]:
         """A fresh folder for one study; published into ``studies/`` when the block
         finishes, deleted when it raises."""
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.incoming))
+        tmp = self.begin(key)
         try:
             yield tmp
-            target = self.studies / key
-            if target.exists():  # an older, incomplete copy (the PACS has more now)
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            self.publish(tmp, key)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def begin(self, key: str) -> Path:
+        """A fresh folder in ``incoming/`` for a study that is arriving."""
+        return Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.incoming))
+
+    def publish(self, tmp: Path, key: str, merge: bool = False) -> Path:
+        """Rename ``tmp`` into ``studies/<key>`` in one step. A staged copy already there
+        is replaced (a retrieval: the PACS has more now) or, with ``merge`` (a receiver:
+        more instances of the study arrived), joined file by file."""
+        target = self.studies / key
+        if target.exists() and merge:
+            for path in tmp.iterdir():
+                os.replace(path, target / path.name)
+            shutil.rmtree(tmp)
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return target
 
     def delete(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
