@@ -56,6 +56,9 @@ def test_summary_and_report_are_written(smoke):
         assert r["test"]["f1"]["low"] <= r["test"]["f1"]["value"] <= r["test"]["f1"]["high"]
         assert r["calibration"] == "temperature"  # fitted on validation, carried by the package
         assert 0 <= r["test_operating"]["ece"] <= 1 and 0 <= r["test_operating"]["brier"] <= 1
+        # the same test probabilities before calibration, for comparison
+        assert 0 <= r["test_operating"]["ece_uncalibrated"] <= 1
+        assert 0 <= r["test_patient_operating"]["brier_uncalibrated"] <= 1
         evaluate = workdir / "artifacts" / f"evaluate-{r['artifacts']['evaluate']}"
         assert (evaluate / "reliability.png").is_file()
         assert (evaluate / "decision_curve.png").is_file()
@@ -69,6 +72,7 @@ def test_summary_and_report_are_written(smoke):
     assert chain_labels == [label for label in expected if label != "pretrain[resnet18 r2]"]
     assert summary["results"][0]["weights_source"].startswith("pretrain:shapes-1 3 steps")
     assert "cad's offline source" in (workdir / "report.md").read_text()
+    assert "| ECE | ECE uncal. | Brier | Brier uncal. |" in (workdir / "report.md").read_text()
     assert summary["best"]["backbone"] == "resnet18"
 
 

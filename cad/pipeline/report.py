@@ -82,21 +82,29 @@ def _metric_table(summary: RunSummary, patient: bool) -> list[str]:
 
 
 def _operating_table(summary: RunSummary) -> list[str]:
-    names = ("ece", "brier", "sensitivity_at_specificity_0.90", "specificity_at_sensitivity_0.90")
+    names = (
+        "ece",
+        "ece_uncalibrated",
+        "brier",
+        "brier_uncalibrated",
+        "sensitivity_at_specificity_0.90",
+        "specificity_at_sensitivity_0.90",
+    )
     lines = [
         "**Calibration and operating points** (probabilities calibrated on the validation "
-        "patients; ECE: 10 equal bins; sensitivity at 0.90 specificity and specificity at "
-        "0.90 sensitivity from the test ROC curve; plots: `reliability.png`, "
-        "`decision_curve.png` in each evaluate artifact)",
+        'patients; ECE: 10 equal bins; "uncal.": the same test probabilities before '
+        "calibration; sensitivity at 0.90 specificity and specificity at 0.90 sensitivity "
+        "from the test ROC curve; plots: `reliability.png`, `decision_curve.png` in each "
+        "evaluate artifact)",
         "",
-        "| backbone | round | calibration | level | ECE | Brier | sens @ spec 0.90 | "
-        "spec @ sens 0.90 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backbone | round | calibration | level | ECE | ECE uncal. | Brier | Brier uncal. | "
+        "sens @ spec 0.90 | spec @ sens 0.90 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary.results:
         for level, values in (("slice", c.test_operating), ("patient", c.test_patient_operating)):
             if values:
-                cells = " | ".join(f"{values.get(n, float('nan')):.3f}" for n in names)
+                cells = " | ".join(f"{values[n]:.3f}" if n in values else "-" for n in names)
                 lines.append(f"| {c.backbone} | {c.round} | {c.calibration} | {level} | {cells} |")
     return lines
 

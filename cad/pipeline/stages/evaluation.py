@@ -70,16 +70,19 @@ class EvaluateStage(Stage[EvaluateSettings]):
         test_images, samples = images.subset(splits.assignment().test)
         runtime = select_runtime(cfg.precision, cfg.runtime.channels_last)
         prepared = loaded.prepare_images(test_images)  # e.g. the package's DnCNN
-        prob = loaded.calibrate(
-            predict_proba(loaded.model, prepared, runtime, cfg.runtime.batch_size)
-        )
+        raw = predict_proba(loaded.model, prepared, runtime, cfg.runtime.batch_size)
+        prob = loaded.calibrate(raw)
         y = column(samples, "label").astype(int)
         groups = column(samples, "patient")
         threshold = loaded.threshold
-        slices = _level(y, prob, threshold, groups, cfg)
-        patient_y, patient_p, patients = patient_level(y, prob, groups)
-        patient = _level(patient_y, patient_p, threshold, patients, cfg)
         calibration = loaded.meta.calibration
+        # with a calibration, the same figures of the uncalibrated probabilities beside them
+        # show on the test patients whether the validation fit helped
+        uncalibrated = None if calibration is None else raw
+        slices = _level(y, prob, threshold, groups, cfg, uncalibrated)
+        patient_y, patient_p, patients = patient_level(y, prob, groups)
+        patient_raw = None if uncalibrated is None else patient_level(y, raw, groups)[1]
+        patient = _level(patient_y, patient_p, threshold, patients, cfg, patient_raw)
         result = EvaluationMetrics(
             threshold=threshold,
             slice=slices,
@@ -103,9 +106,15 @@ class EvaluateStage(Stage[EvaluateSettings]):
 
 
 def _level(
-    y: np.ndarray, prob: np.ndarray, threshold: float, groups: np.ndarray, cfg: EvaluateConfig
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    groups: np.ndarray,
+    cfg: EvaluateConfig,
+    uncalibrated: np.ndarray | None = None,
 ) -> LevelResult:
-    """Metrics with patient-bootstrap intervals (one group per patient) and chance levels."""
+    """Metrics with patient-bootstrap intervals (one group per patient) and chance levels;
+    ``uncalibrated``: the probabilities before calibration, for its ECE and Brier score."""
     from cad.evaluate.calibration import (
         brier,
         expected_calibration_error,
@@ -121,6 +130,9 @@ def _level(
         "sensitivity_at_specificity_0.90": sensitivity_at_specificity(y, prob, 0.90),
         "specificity_at_sensitivity_0.90": specificity_at_sensitivity(y, prob, 0.90),
     }
+    if uncalibrated is not None:
+        operating["ece_uncalibrated"] = expected_calibration_error(y, uncalibrated)
+        operating["brier_uncalibrated"] = brier(y, uncalibrated)
     return LevelResult(
         samples=len(y),
         positives=int(np.sum(y)),
