@@ -213,3 +213,24 @@ def test_pdf_without_chromium_is_a_typed_error_naming_the_fix(monkeypatch):
     monkeypatch.setattr(report.shutil, "which", lambda name: None)
     with pytest.raises(report.ReportError, match="apt-get install chromium"):
         report.find_chromium()
+
+
+def test_cli_report_dir_for_a_package_without_card_and_refused_inside_the_input(
+    export, package, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from cad.cli import app
+
+    patient = next(p for p in sorted(export.root.iterdir()) if p.name.startswith("Breast"))
+    shutil.copytree(patient, tmp_path / "copy" / patient.name)
+    base = ["score", str(tmp_path / "copy"), "--model", str(package), "--workers", "0"]
+    base += ["--out", str(tmp_path / "p.csv")]
+    result = CliRunner().invoke(app, [*base, "--report-dir", str(tmp_path / "reports")])
+    assert result.exit_code == 0, result.output
+    assert "reports: 1" in result.output
+    (page,) = (tmp_path / "reports").glob("*/report.html")
+    assert "has no model card" in page.read_text()  # a package written before cards
+    inside = [*base, "--report-dir", str(tmp_path / "copy" / "reports")]
+    result = CliRunner().invoke(app, inside)
+    assert result.exit_code == 2 and "--report-dir points inside DICOM_DIR" in result.output
