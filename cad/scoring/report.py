@@ -31,8 +31,8 @@ from cad.scoring.dicom_sr import (
     DISCLAIMER,
     TOP_K,
     DicomResultError,
-    _position,
     frame_number,
+    slice_position,
     source_headers,
     top_slices,
 )
@@ -205,7 +205,7 @@ class ReportWriter:
             zip(top_slices(scored.probs, self.k), images, strict=False), start=1
         ):
             source = headers[r.instances[index]]
-            where = _position(source, frame_number(r, index, headers)).strip()
+            where = slice_position(source, frame_number(r, index, headers)).strip()
             caption = (
                 f"#{rank}: slice {index + 1} of {len(scored.probs)}"
                 f"{', ' + where if where else ''}, p={float(scored.probs[index]):.3f}"
