@@ -234,3 +234,16 @@ def test_cli_report_dir_for_a_package_without_card_and_refused_inside_the_input(
     inside = [*base, "--report-dir", str(tmp_path / "copy" / "reports")]
     result = CliRunner().invoke(app, inside)
     assert result.exit_code == 2 and "--report-dir points inside DICOM_DIR" in result.output
+
+
+def test_publishing_a_package_with_a_denoiser_keeps_it_verified(model_factory, tmp_path):
+    source = model_factory(0.5, denoiser=True)
+    published = publish_package(source, tmp_path / "model", "# card\n")
+    assert set(read_sums(published)) == {
+        "model.safetensors",
+        "model.json",
+        "denoiser.safetensors",
+        CARD,
+    }
+    assert load_package(published).denoiser is not None
+    assert read_card(published) == "# card\n"
