@@ -64,6 +64,12 @@ def test_summary_and_report_are_written(smoke):
         assert (evaluate / "decision_curve.png").is_file()
         assert (workdir / r["model_dir"] / "model.safetensors").is_file()
         assert Path(r["model_dir_abs"]).samefile(workdir / r["model_dir"])
+        # the package summary.json names is the evaluated one: its card holds the test metrics
+        card = (workdir / r["model_dir"] / "model_card.md").read_text()
+        assert f"| F1 | {r['test']['f1']['value']:.3f} |" in card
+        assert "model_card.md" in (workdir / r["model_dir"] / "SHA256SUMS").read_text()
+        finetune = workdir / "artifacts" / f"finetune-{r['artifacts']['finetune']}" / "model"
+        assert "Not yet evaluated" in (finetune / "model_card.md").read_text()
     optional = {"denoise"}  # the smoke pipeline does not denoise
     assert {s["stage"] for s in summary["stages"]} == set(STAGE_NAMES) - optional
     chain_labels = [s["label"] for s in summary["stages"] if s["stage"] in CHAIN_STAGES]
@@ -131,7 +137,7 @@ def test_no_test_patient_reaches_probe_or_finetune(smoke):
             assert matrix.shape[0] == len(result.data.augment.samples())
 
 
-def test_summary_matches_mlflow(smoke):
+def test_summary_matches_mlflow(smoke, tmp_path):
     _, workdir, _ = smoke
     summary = json.loads((workdir / "summary.json").read_text())
     tracking = summary["tracking"]
@@ -177,11 +183,15 @@ def test_summary_matches_mlflow(smoke):
     alias = client.get_model_version_by_alias("cad-smoke", "champion")
     assert alias.tags["backbone"] == summary["best"]["backbone"]
     assert alias.tags["round"] == str(summary["best"]["round"])
-    assert alias.run_id == next(
-        r["mlflow_run_id"]
+    best = next(
+        r
         for r in summary["results"]
         if (r["backbone"], r["round"]) == (summary["best"]["backbone"], summary["best"]["round"])
     )
+    assert alias.run_id == best["mlflow_run_id"]
+    # the registered model carries the model card with the test metrics
+    card = Path(client.download_artifacts(alias.run_id, "model/model_card.md", str(tmp_path)))
+    assert f"| F1 | {best['test']['f1']['value']:.3f} |" in card.read_text()
 
 
 def test_the_mlflow_ui_opens_on_the_backbone_comparison(smoke, tmp_path):

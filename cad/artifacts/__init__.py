@@ -5,6 +5,7 @@
   denoised copy, the augmented training set. ``splits``: patient splits and CV folds.
 - ``features``: pooled node features. ``probe``: layer scores and the chosen node.
 - ``model_package``: the versioned model package and the finetune output.
+  ``model_card``: the package's ``model_card.md``.
 - ``evaluation``: held-out metrics and predictions. ``summary``: summary.json and the
   workdir layout.
 """

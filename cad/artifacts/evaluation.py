@@ -69,6 +69,17 @@ class Evaluation(Artifact):
     CONFUSION = "confusion.png"
     RELIABILITY = "reliability.png"
     DECISION = "decision_curve.png"
+    PACKAGE = "model"  # the evaluated model package, its card holding the test metrics
+
+    @property
+    def package(self) -> Path | None:
+        """The published package (None for an evaluation written before cad published one)."""
+        path = self.path / self.PACKAGE
+        return path if path.is_dir() else None
+
+    @classmethod
+    def package_in(cls, out: Path) -> Path:
+        return out / cls.PACKAGE
 
     def metrics(self) -> EvaluationMetrics:
         return read_model(EvaluationMetrics, self.path / self.METRICS)

@@ -27,6 +27,7 @@ WEIGHTS = "model.safetensors"
 DENOISER = "denoiser.safetensors"
 META = "model.json"
 SUMS = "SHA256SUMS"
+CARD = "model_card.md"  # written by cad.artifacts.model_card
 FORMAT = "cad-model"
 SCHEMA_VERSION = 2
 
@@ -144,8 +145,9 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _package_files(meta: ModelMeta) -> tuple[str, ...]:
-    return (WEIGHTS, META, DENOISER) if meta.denoiser else (WEIGHTS, META)
+def _package_files(directory: Path, meta: ModelMeta) -> tuple[str, ...]:
+    names = (WEIGHTS, META, DENOISER) if meta.denoiser else (WEIGHTS, META)
+    return (*names, CARD) if (directory / CARD).is_file() else names
 
 
 def read_sums(directory: Path) -> dict[str, str]:
@@ -166,7 +168,7 @@ def verify_package(directory: Path) -> None:
                 "`cad run` writes (model.safetensors, model.json, SHA256SUMS)"
             )
     expected = read_sums(directory)
-    names = [n for n in expected if n in (WEIGHTS, META, DENOISER)]
+    names = [n for n in expected if n in (WEIGHTS, META, DENOISER, CARD)]
     if WEIGHTS not in names or META not in names:
         raise ModelPackageError(f"{SUMS} does not list {WEIGHTS} and {META}")
     for name in names:
@@ -201,11 +203,21 @@ def read_meta(directory: Path) -> ModelMeta:
     return meta
 
 
-def write_package_files(directory: Path, meta: ModelMeta) -> None:
-    """Write ``model.json`` and ``SHA256SUMS`` next to weights already in ``directory``."""
+def write_package_files(directory: Path, meta: ModelMeta, card: str | None = None) -> None:
+    """Write ``model.json``, the model card (if given) and ``SHA256SUMS`` next to weights
+    already in ``directory``."""
     (directory / META).write_text(meta.model_dump_json(indent=2) + "\n")
-    sums = "".join(f"{sha256_file(directory / n)}  {n}\n" for n in _package_files(meta))
+    if card is not None:
+        (directory / CARD).write_text(card)
+    sums = "".join(f"{sha256_file(directory / n)}  {n}\n" for n in _package_files(directory, meta))
     (directory / SUMS).write_text(sums)
+
+
+def read_card(directory: Path) -> str | None:
+    """The package's verified model card (None for a package written before cards)."""
+    if CARD not in read_sums(Path(directory)):
+        return None
+    return (Path(directory) / CARD).read_text()
 
 
 class TrainedModel(Artifact):

@@ -6,6 +6,7 @@ from ``model.json`` and loads the safetensors weights strictly. No pickle.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +58,33 @@ class LoadedModel:
 
 
 def save_package(
-    model: TransferModel, meta: ModelMeta, directory: Path, denoiser: Path | None = None
+    model: TransferModel,
+    meta: ModelMeta,
+    directory: Path,
+    denoiser: Path | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write the package into ``directory`` (which must be inside an atomic artifact)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS))
     if denoiser is not None:
         shutil.copy(denoiser, directory / DENOISER)
-    write_package_files(directory, meta)
+    write_package_files(directory, meta, card)
+    return directory
+
+
+def publish_package(source: Path, directory: Path, card: str) -> Path:
+    """A verified copy of the package at ``source`` in ``directory`` with ``card`` as its
+    model card (weights hard-linked where the file system allows, else copied)."""
+    verify_package(source)
+    meta = read_meta(source)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, DENOISER) if meta.denoiser else (WEIGHTS,):
+        try:
+            os.link(source / name, directory / name)
+        except OSError:  # another file system, or links unsupported
+            shutil.copy2(source / name, directory / name)
+    write_package_files(directory, meta, card)
     return directory
 
 

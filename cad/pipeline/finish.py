@@ -23,7 +23,7 @@ INGEST_FIELDS = ("items", "studies", "studies_skipped", "outcomes", "positives")
 def chain_summary(chain: ChainArtifacts, workdir: RunDir) -> ChainSummary:
     meta = chain.finetune.model_meta()
     metrics = chain.evaluate.metrics()
-    model_dir = chain.finetune.package
+    model_dir = chain.evaluate.package or chain.finetune.package  # evaluated: full model card
     return ChainSummary(
         backbone=chain.backbone,
         round=chain.round,

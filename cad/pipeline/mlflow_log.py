@@ -139,7 +139,8 @@ def _log_chain(
     tracker.log_artifact(run, chain.probe.path / chain.probe.SCORES, "tables")
     tracker.log_artifact(run, chain.finetune.path / chain.finetune.HISTORY, "tables")
     tracker.log_artifact(run, chain.evaluate.path / chain.evaluate.METRICS, "tables")
-    tracker.log_artifacts(run, chain.finetune.package, "model")
+    # the evaluated package (model card with the test metrics), registered from "model"
+    tracker.log_artifacts(run, chain.evaluate.package or chain.finetune.package, "model")
     tracker.end_run(run, end_time=end)
     return run
 

@@ -9,6 +9,7 @@
 - ``summary``: the counts and exit code a run reports.
 - ``cam``: Grad-CAM overlays at the model's connection node.
 - ``dicom_sr``: ``--dicom-out``: a DICOM Comprehensive SR per scored study (highdicom).
+- ``report``: ``--report-dir``: a self-contained HTML (and PDF) report per scored study.
 
 Nothing is imported here, so that ``cad --help`` stays fast.
 """

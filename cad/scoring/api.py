@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cad.artifacts.model_package import SUMS
+from cad.artifacts.model_package import SUMS, read_card
 from cad.device import describe, select_runtime
 from cad.errors import CadError, ModelPackageError, look_up_option
 from cad.finetune.package import load_package
@@ -75,6 +75,7 @@ def _check_paths(
     key_map: Path | None,
     cam_dir: Path | None,
     dicom_out: Path | None = None,
+    report_dir: Path | None = None,
 ) -> None:
     if not dicom_dir.is_dir():
         raise CadError("DICOM_DIR is not a folder; pass the root folder of the DICOM export")
@@ -82,6 +83,7 @@ def _check_paths(
     outputs = {"--out": out, "--errors": errors, "--key-map": key_map, "--cam": cam_dir}
     outputs["--out's progress file"] = sidecar_path(out)
     outputs["--dicom-out"] = dicom_out
+    outputs["--report-dir"] = report_dir
     for option, path in outputs.items():
         refuse_symlink(path, option)
         if path is not None and path.resolve().is_relative_to(root):
@@ -130,6 +132,9 @@ def score_folder(
     shard: str | None = None,
     dicom_out: str | Path | None = None,
     executor: str = "local",
+    report_dir: str | Path | None = None,
+    report_phi: bool = False,
+    report_pdf: bool = False,
     *,
     progress: bool = True,
     _on_commit: Callable[[int], None] | None = None,
@@ -142,7 +147,9 @@ def score_folder(
     unsharded run writes. ``dicom_out``: a DICOM SR and a key image per scored study, in
     ``dicom_out/<study key>/`` (see :mod:`cad.scoring.dicom_sr`). ``executor="ray"``
     decodes and predicts on Ray (:mod:`cad.scoring.ray_data`; a local instance, or the
-    cluster in ``RAY_ADDRESS``), writing the same bytes. Raises CadError for
+    cluster in ``RAY_ADDRESS``), writing the same bytes. ``report_dir``: an HTML report
+    per scored study (``report_phi``: with the patient's name, ID and study date;
+    ``report_pdf``: also printed to PDF; see :mod:`cad.scoring.report`). Raises CadError for
     usage and model problems; bad input files end up in the errors file, never raise.
     ``_on_commit(patients_done)`` is a test hook called after each finished patient.
     """
@@ -158,11 +165,16 @@ def score_folder(
     key_map = Path(key_map) if key_map is not None else None
     cam_dir = Path(cam_dir) if cam_dir is not None else None
     dicom_out = Path(dicom_out) if dicom_out is not None else None
-    _check_paths(dicom_dir, out, errors, key_map, cam_dir, dicom_out)
+    report_dir = Path(report_dir) if report_dir is not None else None
+    if (report_phi or report_pdf) and report_dir is None:
+        raise CadError(
+            "--report-phi and --report-pdf shape the --report-dir reports: add --report-dir DIR"
+        )
+    _check_paths(dicom_dir, out, errors, key_map, cam_dir, dicom_out, report_dir)
     if executor == "ray":
         from cad.scoring.ray_data import package_files, refuse_unsupported
 
-        refuse_unsupported(cam_dir, dicom_out)
+        refuse_unsupported(cam_dir, dicom_out, report_dir)
     shard_k, shard_n = parse_shard(shard) if shard is not None else (1, 1)
 
     with WorkerPool(workers, initializer=init_worker, preload=PRELOAD) as pool:
@@ -171,6 +183,7 @@ def score_folder(
             package = resolve_model(model, tracking_uri, Path(tmp))
             loaded = load_package(package)
             model_digest = (package / SUMS).read_text()
+            card = read_card(package)
             files = package_files(package) if executor == "ray" else {}
         runtime = select_runtime("auto")
         net = runtime.prepare(loaded.model)
@@ -200,6 +213,7 @@ def score_folder(
             "cam": cam_dir is not None,
             **({"shard": f"{shard_k}/{shard_n}"} if shard is not None else {}),
             **({"dicom_out": True} if dicom_out is not None else {}),
+            **({"report": [report_phi, report_pdf]} if report_dir is not None else {}),
         }
         results = None
         if dicom_out is not None:
@@ -212,7 +226,13 @@ def score_folder(
             )
             cam_map = CamMap(net, runtime.device, loaded.prepare_images)
             results = SrWriter(dicom_out, info, secret, cam_map=cam_map)
-        run = Run(loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results)
+        report = None
+        if report_dir is not None:
+            report = _report_writer(loaded, net, runtime, secret, model_digest, str(model), card)
+            report = report(report_dir, report_phi, report_pdf)
+        run = Run(
+            loaded, net, runtime, secret, level, batch_size, cam_dir, _on_commit, results, report
+        )
         if executor == "ray":
             from cad.scoring.ray_data import RayRun
 
@@ -225,6 +245,19 @@ def score_folder(
     summary.key_map = str(key_map or "")
     _log_summary(summary)
     return summary
+
+
+def _report_writer(loaded, net, runtime, secret, model_digest, uri, card):
+    """``(directory, phi, pdf) -> ReportWriter`` for this model."""
+    from cad.scoring.dicom_sc import CamMap
+    from cad.scoring.dicom_sr import ModelInfo
+    from cad.scoring.report import ReportModel, ReportWriter
+
+    meta = loaded.meta
+    info = ModelInfo.from_package(meta.backbone, meta.round, meta.threshold, model_digest, uri)
+    model = ReportModel(info.name, info.version, info.threshold, card)
+    cam_map = CamMap(net, runtime.device, loaded.prepare_images)
+    return lambda directory, phi, pdf: ReportWriter(directory, model, secret, cam_map, phi, pdf)
 
 
 def _log_summary(s: ScoreSummary) -> None:

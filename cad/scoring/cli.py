@@ -82,6 +82,28 @@ def score_command(
             "(it belongs in the patient's study): keep DIR private."
         ),
     ] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a self-contained HTML report per scored study into DIR/<study "
+            "pseudonym>/report.html: finding, top-3 slices with Grad-CAM, model card. "
+            "PHI-free unless --report-phi."
+        ),
+    ] = None,
+    report_phi: Annotated[
+        bool,
+        typer.Option(
+            "--report-phi",
+            help="Add the patient's name, ID and study date to each --report-dir report "
+            "(for the radiologist reading that study): keep DIR private.",
+        ),
+    ] = False,
+    report_pdf: Annotated[
+        bool,
+        typer.Option(
+            "--report-pdf", help="Also print each report to report.pdf (headless Chromium)."
+        ),
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -151,8 +173,15 @@ def score_command(
         key_map=key_map,
         tracking_uri=tracking_uri,
         dicom_out=dicom_out,
+        report_dir=report_dir,
+        report_phi=report_phi,
+        report_pdf=report_pdf,
     )
     _print_summary(summary, cam is not None, key_map is not None, dicom_out is not None)
+    if report_dir is not None:
+        from cad.log import console
+
+        console.print(f"reports: {summary.reports} in {report_dir}")
     exit_code = summary.exit_code
     if pacs is not None:
         pacs_cli.print_transfers(summary)

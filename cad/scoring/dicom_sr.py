@@ -281,7 +281,7 @@ class SrWriter:
         frame = frame_number(r, index, headers)
         title = (
             f"{self.model.name}  p={float(scored.probs[index]):.3f}  "
-            f"slice {index + 1} of {len(scored.probs)}{_position(source, frame)}"
+            f"slice {index + 1} of {len(scored.probs)}{slice_position(source, frame)}"
         )
         sc = build_key_image(
             source,
@@ -296,7 +296,7 @@ class SrWriter:
         save_atomic(sc, self.path(r.study, KEY_IMAGE_NAME))
 
 
-def _position(source: Dataset, frame: int | None) -> str:
+def slice_position(source: Dataset, frame: int | None) -> str:
     """The slice's position along its normal, in mm (from the source header)."""
     position, cosines = geometry(source, frame)
     if position is None or cosines is None:

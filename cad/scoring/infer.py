@@ -28,7 +28,13 @@ class Scored:
 
     result: StudyResult
     probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    top_image: np.ndarray | None = None  # (C, H, W) of the highest slice, with keep_top
+    # (k, C, H, W) of the k most suspicious slices, highest first (with keep_top=k)
+    top_images: np.ndarray | None = None
+
+    @property
+    def top_image(self) -> np.ndarray | None:
+        """(C, H, W) of the most suspicious slice (kept with keep_top >= 1)."""
+        return None if self.top_images is None or not len(self.top_images) else self.top_images[0]
 
 
 class Batcher:
@@ -43,7 +49,7 @@ class Batcher:
         cam: CamWriter | None = None,
         prepare: Callable[[np.ndarray], np.ndarray] | None = None,
         calibrate: Callable[[np.ndarray], np.ndarray] | None = None,
-        keep_top: bool = False,
+        keep_top: int = 0,
     ) -> None:
         self.predict = Predictor(model, runtime, batch_size)
         self.prepare = prepare  # LoadedModel.prepare_images: e.g. the package's denoiser
@@ -51,7 +57,7 @@ class Batcher:
         self.batch_size = batch_size
         self.threshold = threshold
         self.cam = cam
-        self.keep_top = keep_top  # keep each study's most suspicious slice (key images)
+        self.keep_top = int(keep_top)  # keep each study's k most suspicious slices (key images)
         self.forward_slices = 0
         self._pending: deque[tuple[StudyResult, np.ndarray, int]] = deque()  # study, probs, done
         self._queued = 0  # slices waiting for a forward pass
@@ -109,7 +115,8 @@ class Batcher:
             result, probs, _ = self._pending.popleft()
             top = None
             if self.keep_top and result.slices:
-                top = result.images[int(np.argmax(probs))].copy()
+                order = np.argsort(-probs.astype(np.float64), kind="stable")[: self.keep_top]
+                top = result.images[order].copy()  # the same order as dicom_sr.top_slices
             result.images = None  # pixels are no longer needed: free them now
             yield Scored(result, probs, top)
 

@@ -47,8 +47,11 @@ def package_files(package: Path) -> dict[str, bytes]:
     return {str(p.relative_to(package)): p.read_bytes() for p in package.rglob("*") if p.is_file()}
 
 
-def refuse_unsupported(cam_dir: Path | None, dicom_out: Path | None) -> None:
-    for option, value in (("--cam", cam_dir), ("--dicom-out", dicom_out)):
+def refuse_unsupported(
+    cam_dir: Path | None, dicom_out: Path | None, report_dir: Path | None = None
+) -> None:
+    options = (("--cam", cam_dir), ("--dicom-out", dicom_out), ("--report-dir", report_dir))
+    for option, value in options:
         if value is not None:
             raise CadError(f"{option} is not available with --executor ray; score locally")
 

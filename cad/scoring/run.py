@@ -25,8 +25,9 @@ from cad.scoring.stream import iter_studies
 from cad.scoring.summary import ScoreSummary, progress_or_nothing, summary_from_counts
 from cad.scoring.writers import Outputs, State
 
-if TYPE_CHECKING:  # highdicom is imported only with --dicom-out
+if TYPE_CHECKING:  # highdicom is imported only with --dicom-out / --report-dir
     from cad.scoring.dicom_sr import SrWriter
+    from cad.scoring.report import ReportWriter
 
 log = logging.getLogger("cad.scoring")
 
@@ -49,6 +50,7 @@ class Run:
         cam_dir: Path | None,
         on_commit: Callable[[int], None] | None,
         dicom_results: SrWriter | None = None,
+        report: ReportWriter | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = model  # loaded.model prepared for the runtime
@@ -61,6 +63,7 @@ class Run:
         self.cam_dir = cam_dir
         self.on_commit = on_commit
         self.dicom_results = dicom_results  # --dicom-out: an SR per scored study
+        self.report = report  # --report-dir: an HTML (and PDF) report per scored study
 
     def execute(
         self,
@@ -170,7 +173,7 @@ class Run:
             cam,
             self.loaded.prepare_images,
             self.loaded.calibrate,
-            keep_top=self.dicom_results is not None and self.dicom_results.key_images,
+            keep_top=self._keep_top(),
         )
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()
@@ -185,6 +188,15 @@ class Run:
             for scored in batcher.flush():
                 self._write(scored)
                 advance(scored.result.files)
+
+    def _keep_top(self) -> int:
+        """How many of each study's most suspicious slices the writers need."""
+        keep = 0
+        if self.dicom_results is not None and self.dicom_results.key_images:
+            keep = 1
+        if self.report is not None:
+            keep = max(keep, self.report.k)
+        return keep
 
     def _write(self, scored: Scored) -> None:
         r, outputs, counts = scored.result, self._outputs, self.counts
@@ -211,6 +223,9 @@ class Run:
                 task = self._tasks[(r.patient, r.study)]
                 wrote = self.dicom_results.write(scored, task)
                 counts["dicom_results"] = counts.get("dicom_results", 0) + wrote
+            if self.report is not None:
+                task = self._tasks[(r.patient, r.study)]
+                counts["reports"] = counts.get("reports", 0) + self.report.write(scored, task)
         counts["studies"] += r.readable
         counts["scored_files"] += r.scored_files
         counts["skipped"] += r.skipped

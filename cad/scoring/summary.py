@@ -23,6 +23,7 @@ class ScoreSummary:
     errors: dict[str, int] = field(default_factory=dict)  # files not scored, by outcome
     cams: int = 0
     dicom_results: int = 0  # SR documents written (--dicom-out)
+    reports: int = 0  # HTML reports written (--report-dir)
     exit_code: int = EXIT_OK
     seconds: float = 0.0
     resumed: bool = False
@@ -43,7 +44,7 @@ def summary_from_counts(counts: dict, files: int) -> ScoreSummary:
     """A ScoreSummary from the running counts a Run keeps (and the sidecar stores)."""
     errors = dict(sorted(Counter(counts.get("errors", {})).items()))
     names = ("studies", "studies_scored", "slices", "scored_files", "skipped", "cams")
-    names += ("dicom_results",)
+    names += ("dicom_results", "reports")
     summary = ScoreSummary(files=files, errors=errors, **{k: counts.get(k, 0) for k in names})
     summary.exit_code = EXIT_PARTIAL if summary.error_files else EXIT_OK
     return summary

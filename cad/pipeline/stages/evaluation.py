@@ -32,7 +32,8 @@ class EvaluateStage(Stage[EvaluateSettings]):
         "the only stage that touches the test patients: F1, ROC AUC, accuracy, sensitivity, "
         "specificity, PPV, NPV with 95% patient-bootstrap intervals; calibrated probabilities "
         "(ECE, Brier, reliability), sensitivity at 0.90 specificity and back, decision curve; "
-        "ROC (bootstrap band)/PR/confusion plots; pseudonymous predictions"
+        "ROC (bootstrap band)/PR/confusion plots; pseudonymous predictions; the published "
+        "model package with its model card"
     )
     settings_type = EvaluateSettings
     inputs = {"model": TrainedModel, "images": ImageSet, "splits": Splits}
@@ -52,6 +53,7 @@ class EvaluateStage(Stage[EvaluateSettings]):
         images: ImageSet,
         splits: Splits,
     ) -> dict[str, Any]:
+        from cad.artifacts.model_card import render_card
         from cad.device import select_runtime
         from cad.evaluate.calibration import net_benefit
         from cad.evaluate.metrics import patient_level
@@ -62,7 +64,7 @@ class EvaluateStage(Stage[EvaluateSettings]):
             plot_reliability,
             plot_roc,
         )
-        from cad.finetune.package import load_package
+        from cad.finetune.package import load_package, publish_package
         from cad.finetune.predict import predict_proba
 
         cfg = settings.evaluate
@@ -91,6 +93,10 @@ class EvaluateStage(Stage[EvaluateSettings]):
             calibration="none" if calibration is None else calibration.method,
         )
         Evaluation.write(ctx.out, result, samples, prob)
+        # The package a user scores with and MLflow registers: the evaluated one, whose
+        # model card holds these test metrics.
+        card = render_card(loaded.meta, splits.assignment().sizes, result)
+        publish_package(model.package, Evaluation.package_in(ctx.out), card)
         roc, pr, confusion = Evaluation.plot_paths(ctx.out)
         plot_roc(y, prob, roc, settings.title, groups)
         reliability, decision = Evaluation.calibration_plot_paths(ctx.out)

@@ -197,6 +197,7 @@ class FinetuneStage(Stage[FinetuneSettings]):
     ) -> dict[str, Any]:
         import torch
 
+        from cad.artifacts.model_card import render_card
         from cad.device import describe
         from cad.distributed import current
         from cad.evaluate.calibration import fit_calibration
@@ -255,7 +256,9 @@ class FinetuneStage(Stage[FinetuneSettings]):
         )
         package, history, curves = TrainedModel.files_in(ctx.out)
         model = model.float().to("cpu").to(memory_format=torch.contiguous_format)
-        save_package(model, meta, package, denoiser=denoised.denoiser if denoised else None)
+        card = render_card(meta, splits.assignment().sizes)  # test metrics: evaluate adds them
+        denoiser = denoised.denoiser if denoised else None
+        save_package(model, meta, package, denoiser=denoiser, card=card)
         TrainedModel.write_history(result.history, history)
         plot_training_curves(result.history, curves, settings.title)
         return {
