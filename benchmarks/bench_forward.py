@@ -38,6 +38,7 @@ from benchmarks._common import (  # noqa: E402
     RESULTS,
     add_common_args,
     as_plain_script,
+    cpu_banner,
     interleave,
     load_note,
     loadavg,
@@ -113,6 +114,7 @@ def main() -> None:
         args.slices, args.reps = 64, 1
 
     machine = machine_info()
+    print(cpu_banner(), flush=True)
     threads = setup_threads(args.threads)
     runtime = select_runtime("auto")
     model = transfer_model(args.backbone, args.size)
