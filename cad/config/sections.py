@@ -200,8 +200,12 @@ class ExtractRuntime(Runtime):
         "pays for itself, and one image's forward is below compile_max_gflop_per_image "
         "(small inputs, where per-op overhead is what compiling removes)",
     )
-    compile_min_tflop: float = Field(20.0, gt=0)
-    compile_max_gflop_per_image: float = Field(6.0, gt=0)
+    compile_min_tflop: float | None = Field(
+        None, gt=0, description="unset: the measured figure for the resolved precision/CPU"
+    )
+    compile_max_gflop_per_image: float | None = Field(
+        None, gt=0, description="unset: the measured figure for the resolved precision/CPU"
+    )
 
     @field_validator("compile", mode="before")
     @classmethod
