@@ -66,3 +66,13 @@ def test_an_emulated_class_says_so_in_its_label():
     native = CpuInfo("Core", 4, "AVX2", False, False, False, ("avx2",))
     assert not native.emulated and native.label == "avx2 (native)"
     assert native.as_dict()["label"] == "avx2 (native)"
+
+
+def test_doctor_labels_an_emulated_class():
+    report = _doctor(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    if "avx512f" not in cpu_info().flags:  # nothing wider to emulate on
+        return
+    assert report["cpu"]["emulated"] is True
+    assert (
+        "emulated" in report["cpu"]["label"] and "ONEDNN_MAX_CPU_ISA=AVX2" in report["cpu"]["label"]
+    )
