@@ -278,6 +278,11 @@ def bench_case(name: str, data, args) -> dict:
         "cad": lambda: run_cad(copy.deepcopy(base), data, cfg),
         "plain": as_plain_script(lambda: run_plain(copy.deepcopy(base), data, cfg)),
     }
+    if args.compile_step:  # cad with finetune.runtime.compile_step (compile inside epoch 1)
+        compiled_cfg = cfg.model_copy(
+            update={"runtime": FinetuneRuntime(cache_prefix=True, compile_step=True)}
+        )
+        sides["cad_compiled_step"] = lambda: run_cad(copy.deepcopy(base), data, compiled_cfg)
     for n in args.thread_variants:  # the same two sides with n torch threads
         sides[f"cad_t{n}"] = with_threads(n, sides["cad"])
         sides[f"plain_t{n}"] = with_threads(n, sides["plain"])
@@ -336,6 +341,11 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (1; quick 0)")
     parser.add_argument("--backbones", default=",".join(CASES))
     parser.add_argument("--no-loss-check", action="store_true")
+    parser.add_argument(
+        "--compile-step",
+        action="store_true",
+        help="add cad with finetune.runtime.compile_step (torch.compile of suffix + head)",
+    )
     parser.add_argument(
         "--thread-variants",
         default="",
@@ -403,6 +413,13 @@ def main() -> None:
             f"{'bf16, ' if cad['precision'] == 'bf16' else ''}the fused optimizer and "
             "cad's other settings"
         )
+        if "cad_compiled_step" in r:
+            c = r["cad_compiled_step"]
+            print(
+                f"  cad compiled step: epoch best {c['epoch_s_best']:.2f} s / median "
+                f"{c['epoch_s_median']:.2f} s (epoch 1 includes the compile), "
+                f"{plain['epoch_s_median'] / c['epoch_s_median']:.2f}x the plain loop (median)"
+            )
         for n in args.thread_variants:
             cn, pn = r[f"cad_t{n}"], r[f"plain_t{n}"]
             print(

@@ -245,6 +245,11 @@ class ProbeConfig(Section):
 
 class FinetuneRuntime(Runtime):
     cache_prefix: bool = Field(True, description="reuse frozen-prefix activations every epoch")
+    compile_step: bool = Field(
+        False,
+        description="torch.compile the cached-prefix training step (suffix + head, forward "
+        "and backward; one process only); off by default: not shown to pay on CPUs yet",
+    )
     distributed: Literal["auto", "off"] = Field(
         "auto",
         description="auto: data-parallel (DistributedDataParallel) over the ranks when launched "
