@@ -253,7 +253,8 @@ def train(
     elif halves is not None and cfg.runtime.compile_step:
         # the trainable part only (its parameters are shared with ``model``, so the
         # optimizer and checkpoints see every update); batch sizes vary at an epoch's end
-        step = torch.compile(step, dynamic=None)
+        # fallback_random: dropout draws from torch's generator, so masks (and losses) are eager's
+        step = torch.compile(step, dynamic=None, options={"fallback_random": True})
 
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
