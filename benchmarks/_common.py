@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ def machine_info() -> dict[str, Any]:
         "avx512_bf16": cpu_info().bf16,
         "amx": cpu_info().amx,
         "cpu": cpu_info().as_dict(),  # what torch dispatches to: the CPU class of every figure
+        "cpu_class": cpu_info().cpu_class,
+        "cpu_label": cpu_info().label,  # says "emulated" for an --isa run
         "gpu": torch.cuda.is_available(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -302,12 +305,70 @@ def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
+def isa_argument(argv: Sequence[str]) -> str:
+    """The value of ``--isa X`` / ``--isa=X`` in ``argv`` (``native`` when absent)."""
+    for i, arg in enumerate(argv):
+        if arg == "--isa" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--isa="):
+            return arg.split("=", 1)[1]
+    return "native"
+
+
+def reexec_for_isa(argv: Sequence[str]) -> None:
+    """``--isa avx2``: run this benchmark again (same module, same arguments) with the
+    environment that caps torch's dispatch and oneDNN's kernels to AVX2
+    (``cad.cpu.EMULATION_ENV``), unless that environment is already in place. Both are
+    read when the libraries load, hence a new process rather than a setting."""
+    isa = isa_argument(argv)
+    if isa == "native":
+        return
+    from cad.cpu import EMULATION_ENV
+
+    if isa not in EMULATION_ENV:
+        raise SystemExit(f"--isa {isa}: choose native or one of {sorted(EMULATION_ENV)}")
+    env = EMULATION_ENV[isa]
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    module = f"benchmarks.{Path(argv[0]).stem}"
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    print(f"--isa {isa}: re-running with {' '.join(f'{k}={v}' for k, v in env.items())}")
+    sys.stdout.flush()
+    os.execve(
+        sys.executable,
+        [sys.executable, "-m", module, *argv[1:]],
+        {**os.environ, **env, "PYTHONPATH": path},
+    )
+
+
+def cpu_banner() -> str:
+    """One line naming the CPU class every figure of this run belongs to."""
+    from cad.cpu import cpu_info
+    from cad.device import resolved_precision
+
+    info = cpu_info()
+    return (
+        f"CPU class: {info.label}; {info.cores} cores, bf16 {'native' if info.bf16 else 'no'}, "
+        f"VNNI {'yes' if info.vnni else 'no'}; precision auto -> {resolved_precision('auto')}"
+    )
+
+
+def native_precisions() -> tuple[str, ...]:
+    """The precisions this CPU runs natively: bf16 only with AVX-512 BF16 or AMX (elsewhere
+    it is emulated at a tenth of fp32's speed, so a bf16 side is skipped, not timed)."""
+    from cad.cpu import cpu_info
+
+    return ("fp32", "bf16") if cpu_info().bf16 else ("fp32",)
+
+
 def early_env(argv: Sequence[str]) -> None:
-    """Apply ``--omp-passive`` before torch is imported (libgomp reads its environment when
-    it is loaded): OMP_WAIT_POLICY=PASSIVE makes idle OpenMP threads sleep instead of spin,
-    which matters when other processes share the cores. cad's heap tuning is applied as the
-    CLI's entry point applies it. A ``compile`` variant gets a fresh
-    inductor cache directory (set TORCHINDUCTOR_CACHE_DIR to measure a warm cache)."""
+    """``--isa avx2`` re-executes first (:func:`reexec_for_isa`). Apply ``--omp-passive``
+    before torch is imported (libgomp reads its environment when it is loaded):
+    OMP_WAIT_POLICY=PASSIVE makes idle OpenMP threads sleep instead of spin, which matters
+    when other processes share the cores. cad's heap tuning is applied as the CLI's entry
+    point applies it. A ``compile`` variant gets a fresh inductor cache directory (set
+    TORCHINDUCTOR_CACHE_DIR to measure a warm cache)."""
+    reexec_for_isa(argv)
     if "--omp-passive" in argv:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     from cad.heap import reuse_freed_memory
@@ -346,6 +407,13 @@ def add_common_args(parser: Any) -> None:
         help="OMP_WAIT_POLICY=PASSIVE for both sides (set before torch loads)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
+    parser.add_argument(
+        "--isa",
+        default="native",
+        choices=["native", "avx2"],
+        help="avx2: re-run in the emulated AVX2-only class (ATEN_CPU_CAPABILITY=avx2, "
+        "ONEDNN_MAX_CPU_ISA=AVX2); figures are labelled emulated",
+    )
 
 
 def load_note(start: Sequence[float], end: Sequence[float]) -> str:

@@ -50,6 +50,7 @@ from benchmarks._common import (  # noqa: E402
     add_common_args,
     as_plain_script,
     cache_dir,
+    cpu_banner,
     load_note,
     loadavg,
     machine_info,
@@ -62,6 +63,7 @@ from benchmarks._common import (  # noqa: E402
 )
 from cad.backbones import create_backbone, get_spec  # noqa: E402
 from cad.config import AugmentConfig, FinetuneConfig, FinetuneRuntime  # noqa: E402
+from cad.cpu import cpu_info  # noqa: E402
 from cad.device import describe, select_runtime  # noqa: E402
 from cad.finetune.model import TransferModel, build_transfer_model  # noqa: E402
 from cad.finetune.train import train  # noqa: E402
@@ -161,6 +163,7 @@ def run_cad(model: TransferModel, data, cfg: FinetuneConfig, precision: str | No
         "train_loss": [h["train_loss"] for h in result.history],
         "used_prefix_cache": result.used_prefix_cache,
         "runtime": describe(runtime),
+        "precision": "fp32" if runtime.amp_dtype is None else "bf16",
     }
 
 
@@ -275,6 +278,11 @@ def bench_case(name: str, data, args) -> dict:
         "cad": lambda: run_cad(copy.deepcopy(base), data, cfg),
         "plain": as_plain_script(lambda: run_plain(copy.deepcopy(base), data, cfg)),
     }
+    if args.compile_step:  # cad with finetune.runtime.compile_step (compile inside epoch 1)
+        compiled_cfg = cfg.model_copy(
+            update={"runtime": FinetuneRuntime(cache_prefix=True, compile_step=True)}
+        )
+        sides["cad_compiled_step"] = lambda: run_cad(copy.deepcopy(base), data, compiled_cfg)
     for n in args.thread_variants:  # the same two sides with n torch threads
         sides[f"cad_t{n}"] = with_threads(n, sides["cad"])
         sides[f"plain_t{n}"] = with_threads(n, sides["plain"])
@@ -302,6 +310,7 @@ def bench_case(name: str, data, args) -> dict:
             "epoch_cpu_s_median": statistics.median(epochs_cpu),
             "total_s_best": min(r["total_s"] for r in rs),
             "setup_and_cache_s_best": min(r["setup_and_cache_s"] for r in rs),
+            "precision": rs[0].get("precision", "fp32"),
         }
     out["ratio_epoch_best"] = out["plain"]["epoch_s_best"] / out["cad"]["epoch_s_best"]
     out["ratio_epoch_median"] = out["plain"]["epoch_s_median"] / out["cad"]["epoch_s_median"]
@@ -333,6 +342,11 @@ def main() -> None:
     parser.add_argument("--backbones", default=",".join(CASES))
     parser.add_argument("--no-loss-check", action="store_true")
     parser.add_argument(
+        "--compile-step",
+        action="store_true",
+        help="add cad with finetune.runtime.compile_step (torch.compile of suffix + head)",
+    )
+    parser.add_argument(
         "--thread-variants",
         default="",
         help="comma list of thread counts to add as extra interleaved sides",
@@ -346,6 +360,7 @@ def main() -> None:
     copies = args.copies if args.copies is not None else (0 if args.quick else 1)
 
     machine = machine_info()
+    print(cpu_banner(), flush=True)
     threads = setup_threads(args.threads)
     overrides = [
         f"input.size={args.size}",
@@ -375,7 +390,8 @@ def main() -> None:
             f"{r['images_per_epoch']} images x {r['epochs']} epochs)"
         )
         print(
-            f"  cad   one-off setup + prefix cache {cad['setup_and_cache_s_best']:.2f} s, "
+            f"  cad ({cad['precision']}) one-off setup + prefix cache "
+            f"{cad['setup_and_cache_s_best']:.2f} s, "
             f"epoch best {cad['epoch_s_best']:.2f} s / median {cad['epoch_s_median']:.2f} s, "
             f"total {cad['total_s_best']:.1f} s"
         )
@@ -393,9 +409,17 @@ def main() -> None:
             f"  FLOPs per image: frozen prefix {b['prefix_gflop']:.2f} G, trainable part "
             f"{b['trainable_gflop']:.2f} G: the cache alone can save at most "
             f"{b['max_gain_from_cache']:.2f}x; the rest of the ratio ("
-            f"{r['ratio_epoch_best'] / b['max_gain_from_cache']:.2f}x or more) comes from bf16 "
-            "and the fused optimizer"
+            f"{r['ratio_epoch_best'] / b['max_gain_from_cache']:.2f}x or more) comes from "
+            f"{'bf16, ' if cad['precision'] == 'bf16' else ''}the fused optimizer and "
+            "cad's other settings"
         )
+        if "cad_compiled_step" in r:
+            c = r["cad_compiled_step"]
+            print(
+                f"  cad compiled step: epoch best {c['epoch_s_best']:.2f} s / median "
+                f"{c['epoch_s_median']:.2f} s (epoch 1 includes the compile), "
+                f"{plain['epoch_s_median'] / c['epoch_s_median']:.2f}x the plain loop (median)"
+            )
         for n in args.thread_variants:
             cn, pn = r[f"cad_t{n}"], r[f"plain_t{n}"]
             print(
@@ -414,7 +438,7 @@ def main() -> None:
         print(f"  load {loadavg()}", flush=True)
 
     end = loadavg()
-    print("\ntarget: >= 3x per epoch")
+    print(f"\ntarget ({cpu_info().label}): >= {3 if cpu_info().bf16 else 2}x per epoch")
     for name, r in results.items():
         print(
             f"  {name:<9} per epoch {r['ratio_epoch_best']:.2f}x (median "

@@ -8,7 +8,10 @@ A transfer model with random weights cut at the registry's two middle candidate 
   ``--batch-size``, the C library's default heap (``_common.as_plain_script``);
 - cad_glibc_heap (diagnostic): cad's :class:`cad.finetune.predict.Predictor` (BatchNorm
   folded, weights cast to bf16 once, channels_last) with the default heap;
-- cad: the same Predictor with cad's heap reuse (:mod:`cad.heap`), as cad runs it.
+- cad: the same Predictor with cad's heap reuse (:mod:`cad.heap`), as cad runs it;
+- cad_compiled (``--compile``): the Predictor's frozen module through ``torch.compile``
+  (inductor, weight freezing: ``cad.features.extract.CompiledOrEager``), compiled in the
+  untimed warm-up; a candidate for where bf16 is missing.
 
 Prints slices/s, the ratios, the page faults per slice of each side (the heap's share),
 the largest probability difference between cad and the fp32 forward, and the relative
@@ -30,6 +33,7 @@ early_env(sys.argv)
 
 import argparse  # noqa: E402
 import resource  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -38,6 +42,7 @@ from benchmarks._common import (  # noqa: E402
     RESULTS,
     add_common_args,
     as_plain_script,
+    cpu_banner,
     interleave,
     load_note,
     loadavg,
@@ -108,11 +113,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--slices", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="add the cad_compiled side")
     args = parser.parse_args()
     if args.quick:
         args.slices, args.reps = 64, 1
 
     machine = machine_info()
+    print(cpu_banner(), flush=True)
     threads = setup_threads(args.threads)
     runtime = select_runtime("auto")
     model = transfer_model(args.backbone, args.size)
@@ -131,8 +138,18 @@ def main() -> None:
         ),
         "cad": counting_faults(lambda: predictor(images), faults["cad"]),
     }
-    for fn in sides.values():  # warm-up: thread pool, kernel choice, heap growth
+    if args.compile:
+        from cad.features.extract import CompiledOrEager
+
+        compiled = Predictor(model, runtime, bs)
+        compiled.module = CompiledOrEager(compiled.module)
+        faults["cad_compiled"] = []
+        sides["cad_compiled"] = counting_faults(lambda: compiled(images), faults["cad_compiled"])
+    for side, fn in sides.items():  # warm-up: thread pool, kernel choice, heap growth, compile
+        start = time.perf_counter()
         fn()
+        if side == "cad_compiled":
+            print(f"  cad_compiled: compile and first pass {time.perf_counter() - start:.1f} s")
     for values in faults.values():
         values.clear()
     print(
@@ -160,6 +177,14 @@ def main() -> None:
         f"{rates['cad'] / rates['cad_glibc_heap']:.2f}x; max |probability difference| "
         f"{diff:.2e}; connection-node features: max relative difference {feature_err:.4f}"
     )
+    if "cad_compiled" in rates:
+        cdiff = float(np.max(np.abs(outputs["cad_compiled"] - outputs["cad"])))
+        print(
+            f"cad compiled vs plain fp32: {rates['cad_compiled'] / rates['plain']:.2f}x "
+            f"(median {medians['cad_compiled'] / medians['plain']:.2f}x); vs cad eager "
+            f"{rates['cad_compiled'] / rates['cad']:.2f}x; max |probability difference| to cad "
+            f"eager {cdiff:.2e}"
+        )
     print(load_note(machine["loadavg_start"], end))
     name = f"bench_forward_{args.backbone}_{args.size}" + ("_quick" if args.quick else "")
     path = write_result(

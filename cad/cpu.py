@@ -19,6 +19,10 @@ import torch
 
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
 
+# What caps a wider CPU to a narrower class: ATen's dispatch (every torch kernel, and what
+# ``precision: auto`` reads) and oneDNN's JIT kernels (convolutions), which ignore ATen's.
+EMULATION_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
 
 @dataclass(frozen=True)
 class CpuInfo:
@@ -29,6 +33,13 @@ class CpuInfo:
     amx: bool
     vnni: bool  # int8 dot products (AVX-512 VNNI or AVX-VNNI)
     flags: tuple[str, ...]  # those of FLAGS_OF_INTEREST the CPU reports
+    onednn_max_isa: str | None = None  # ONEDNN_MAX_CPU_ISA when set
+
+    @property
+    def emulated(self) -> bool:
+        """True when the hardware is wider than the dispatch level (``ATEN_CPU_CAPABILITY``
+        below what the CPU reports): figures then come from an emulated class."""
+        return "avx512f" in self.flags and not self.isa.startswith("AVX512")
 
     @property
     def cpu_class(self) -> str:
@@ -38,8 +49,26 @@ class CpuInfo:
         level = self.isa.lower()
         return f"{level}-bf16" if self.bf16 else level
 
+    @property
+    def label(self) -> str:
+        """The class with how it was obtained, e.g. ``avx2 (emulated on a CPU with AVX-512:
+        ATEN_CPU_CAPABILITY=AVX2, ONEDNN_MAX_CPU_ISA=AVX2)``: what every figure is tagged with."""
+        if not self.emulated:
+            return f"{self.cpu_class} (native)"
+        onednn = self.onednn_max_isa or "unset: oneDNN convolutions still use AVX-512"
+        return (
+            f"{self.cpu_class} emulated on a CPU with AVX-512 ({self.model}; "
+            f"ATEN_CPU_CAPABILITY={self.isa}, ONEDNN_MAX_CPU_ISA={onednn})"
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "flags": list(self.flags), "cpu_class": self.cpu_class}
+        return {
+            **asdict(self),
+            "flags": list(self.flags),
+            "cpu_class": self.cpu_class,
+            "emulated": self.emulated,
+            "label": self.label,
+        }
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -73,4 +102,5 @@ def cpu_info() -> CpuInfo:
         amx=amx,
         vnni=vnni,
         flags=tuple(f for f in FLAGS_OF_INTEREST if f in flags),
+        onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA") or None,
     )

@@ -53,3 +53,26 @@ def test_doctor_reports_this_machine():
     assert report["cpu"]["isa"] == cpu_info().isa
     if not torch.cuda.is_available():
         assert report["precision_auto"] == ("cpu-bf16" if cpu_info().bf16 else "cpu-fp32")
+
+
+def test_an_emulated_class_says_so_in_its_label():
+    from cad.cpu import CpuInfo
+
+    emulated = CpuInfo("EPYC", 2, "AVX2", False, False, False, ("avx2", "avx512f"), "AVX2")
+    assert emulated.emulated and emulated.cpu_class == "avx2"
+    assert "emulated" in emulated.label and "ONEDNN_MAX_CPU_ISA=AVX2" in emulated.label
+    unset = CpuInfo("EPYC", 2, "AVX2", False, False, False, ("avx2", "avx512f"))
+    assert "still use AVX-512" in unset.label  # oneDNN not capped: the figure is not AVX2's
+    native = CpuInfo("Core", 4, "AVX2", False, False, False, ("avx2",))
+    assert not native.emulated and native.label == "avx2 (native)"
+    assert native.as_dict()["label"] == "avx2 (native)"
+
+
+def test_doctor_labels_an_emulated_class():
+    report = _doctor(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    if "avx512f" not in cpu_info().flags:  # nothing wider to emulate on
+        return
+    assert report["cpu"]["emulated"] is True
+    assert (
+        "emulated" in report["cpu"]["label"] and "ONEDNN_MAX_CPU_ISA=AVX2" in report["cpu"]["label"]
+    )

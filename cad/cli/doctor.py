@@ -49,7 +49,7 @@ def doctor(
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # never truncate a value into something uncopyable
     cpu = report.pop("cpu")
-    for key in ("model", "cpu_class", "isa", "bf16", "amx", "vnni", "cores"):
+    for key in ("model", "cpu_class", "label", "isa", "bf16", "amx", "vnni", "cores"):
         table.add_row(f"cpu.{key}", str(cpu[key]))
     for key, value in report.items():
         table.add_row(key, str(value))

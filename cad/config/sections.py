@@ -200,8 +200,12 @@ class ExtractRuntime(Runtime):
         "pays for itself, and one image's forward is below compile_max_gflop_per_image "
         "(small inputs, where per-op overhead is what compiling removes)",
     )
-    compile_min_tflop: float = Field(20.0, gt=0)
-    compile_max_gflop_per_image: float = Field(6.0, gt=0)
+    compile_min_tflop: float | None = Field(
+        None, gt=0, description="unset: the measured figure for the resolved precision/CPU"
+    )
+    compile_max_gflop_per_image: float | None = Field(
+        None, gt=0, description="unset: the measured figure for the resolved precision/CPU"
+    )
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -241,6 +245,11 @@ class ProbeConfig(Section):
 
 class FinetuneRuntime(Runtime):
     cache_prefix: bool = Field(True, description="reuse frozen-prefix activations every epoch")
+    compile_step: bool = Field(
+        False,
+        description="torch.compile the cached-prefix training step (suffix + head, forward "
+        "and backward; one process only); off by default: not shown to pay on CPUs yet",
+    )
     distributed: Literal["auto", "off"] = Field(
         "auto",
         description="auto: data-parallel (DistributedDataParallel) over the ranks when launched "

@@ -9,8 +9,9 @@ folded, weights cast to bf16 once instead of autocast re-casting them every batc
 For large extractions the frozen module also goes through ``torch.compile`` (inductor with
 ``freezing``: weights become constants and conv + ReLU / add fuse into one kernel), fed
 fixed-size batches so it compiles once. ``compile="auto"`` decides from the forward FLOPs
-(:func:`should_compile`), counted once, so the decision (and therefore the features) never
-depends on timing.
+(:func:`should_compile`), counted once, against limits that depend on the precision the
+run resolved to and the CPU class (:func:`compile_limits`), so the decision (and therefore
+the features) never depends on timing.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from cad.cpu import CpuInfo
 from cad.device import Runtime
 from cad.finetune.model import Normalize
 from cad.frozen import frozen_inference_copy
@@ -95,6 +98,49 @@ class CompiledOrEager:
         return self.eager(batch)
 
 
+@dataclass(frozen=True)
+class CompileLimits:
+    """When ``compile: auto`` compiles: the whole extraction's forward work at least
+    ``min_tflop`` (so the one-off compile pays for itself) and one image below
+    ``max_gflop_per_image`` (small inputs, where per-op overhead is what compiling removes)."""
+
+    min_tflop: float
+    max_gflop_per_image: float
+    basis: str  # which measurement the figures come from
+
+
+# Measured with benchmarks/bench_extract.py --variants compile (README "Speed"):
+# bf16 (avx512-bf16, native): at 80 px compiling gained 1.1-2.6x, at 224 px (8-31 GFLOP per
+# image) eager ran at 55-87% of the limit and compiling gained nothing or lost 30%; a compile
+# takes 5-25 s, about 20 TFLOP of eager bf16 work.
+BF16_LIMITS = CompileLimits(20.0, 6.0, "bf16 on avx512-bf16 (native), 2026-12-02")
+
+
+def break_even_tflop(compile_s: float, eager_gflops: float, compiled_gflops: float) -> float:
+    """Forward TFLOP from which a compile of ``compile_s`` seconds is repaid."""
+    return compile_s / (1 / eager_gflops - 1 / compiled_gflops) / 1e3
+
+
+# fp32 (AVX2 emulated on Zen 4, 80 px, under load): InceptionV3 (0.42 GFLOP/image) gained
+# 2.9-4.8x (3.2x in CPU time), ResNet50 (1.12) 0.8-1.1x, VGG16 (4.15) none. InceptionV3's
+# cold compile took 53 s, eager ran at 30 GFLOP/s and compiled at 73: repaid from 2.7 TFLOP.
+FP32_LIMITS = CompileLimits(
+    round(break_even_tflop(53.0, 30.0, 73.0), 1),
+    1.0,
+    "fp32 on avx2 (emulated on Zen 4), 2026-12-03",
+)
+
+
+def compile_limits(runtime: Runtime, cpu: CpuInfo) -> CompileLimits:
+    """The limits for the precision ``runtime`` resolved to on ``cpu``: bf16 limits only
+    where bf16 is native (AVX-512 BF16 or AMX; AMX is not measured and takes the
+    AVX-512 BF16 figures), the fp32 limits everywhere else (AVX2, AVX-512 without bf16,
+    and ``precision: fp32`` on any CPU). A GPU never reaches here with ``auto``."""
+    if runtime.amp_dtype == torch.bfloat16 and cpu.bf16:
+        return BF16_LIMITS
+    return FP32_LIMITS
+
+
 def should_compile(
     setting: str,
     tflop_per_image: Callable[[], float],
@@ -103,10 +149,8 @@ def should_compile(
     max_gflop_per_image: float,
 ) -> bool:
     """``auto``: compile when the whole extraction is big enough to repay the one-off compile
-    and one image is small enough for inductor's fusion to beat eager oneDNN kernels. At
-    224 px (VGG16 31, ResNet50 8 GFLOP per image) eager ran at 55-87% of this CPU's limit and
-    compiling gained nothing or lost 30%; at 80 px (0.4-4 GFLOP) it gained 1.1-2.6x
-    (``benchmarks/bench_extract.py --variants compile``, README)."""
+    and one image is small enough for inductor's fusion to beat eager oneDNN kernels (the
+    limits per precision and CPU class: :func:`compile_limits`)."""
     if setting == "off":
         return False
     if shutil.which("cc") is None and shutil.which("gcc") is None:
@@ -130,10 +174,16 @@ def extract_features(
     pooling: Sequence[str] = ("avg",),
     progress: Callable[[int], None] | None = None,
     compile: str = "off",
-    compile_min_tflop: float = 20.0,
-    compile_max_gflop_per_image: float = 6.0,
+    compile_min_tflop: float | None = None,
+    compile_max_gflop_per_image: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Pooled features ``{node: (N, D) float32}`` for ``images`` (N, C, H, W) float32."""
+    """Pooled features ``{node: (N, D) float32}`` for ``images`` (N, C, H, W) float32.
+
+    ``compile_min_tflop`` / ``compile_max_gflop_per_image`` left at None take
+    :func:`compile_limits` for this runtime and CPU."""
+    from cad.cpu import cpu_info
+
+    limits = compile_limits(runtime, cpu_info())
     extractor, needs_autocast = inference_module(
         multi_node_extractor(model, nodes), normalize, runtime
     )
@@ -143,9 +193,12 @@ def extract_features(
         compile,
         lambda: forward_tflop(extractor, images.shape[1:], 1, runtime, autocast),
         len(images),
-        compile_min_tflop,
-        compile_max_gflop_per_image,
+        limits.min_tflop if compile_min_tflop is None else compile_min_tflop,
+        limits.max_gflop_per_image
+        if compile_max_gflop_per_image is None
+        else compile_max_gflop_per_image,
     )
+    log.debug("compile %s: limits %s", "yes" if pad else "no", limits)
     if pad:
         log.info("compiling the extractor (torch.compile, one-off)")
         forward = CompiledOrEager(extractor)

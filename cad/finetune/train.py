@@ -250,6 +250,11 @@ def train(
         )
     if world.size > 1:
         step = data_parallel(step, runtime, find_unused=halves is None)
+    elif halves is not None and cfg.runtime.compile_step:
+        # the trainable part only (its parameters are shared with ``model``, so the
+        # optimizer and checkpoints see every update); batch sizes vary at an epoch's end
+        # fallback_random: dropout draws from torch's generator, so masks (and losses) are eager's
+        step = torch.compile(step, dynamic=None, options={"fallback_random": True})
 
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:

@@ -294,3 +294,29 @@ def test_killed_mid_epoch_resumes_exactly_with_online_augmentation(tmp_path):
     np.testing.assert_allclose(
         predict_proba(full, x, runtime), predict_proba(resumed, x, runtime), rtol=1e-5, atol=1e-6
     )
+
+
+def test_the_compiled_training_step_is_wired_in_only_where_asked(monkeypatch):
+    """``finetune.runtime.compile_step`` compiles the cached-prefix step (suffix + head)
+    with eager's random numbers (dropout masks); off by default, and never without the
+    cache. torch.compile itself is replaced here: what is checked is cad's wiring."""
+    compiled = []
+
+    def record(module, **kwargs):
+        compiled.append((type(module).__name__, kwargs))
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    x, y = _data(n=8, size=32)
+    runtime = select_runtime("fp32", channels_last=False)
+    for cache, step in ((True, False), (True, True), (False, True)):
+        cfg = FinetuneConfig(
+            epochs=1,
+            batch_size=8,
+            precision="fp32",
+            hidden=16,
+            runtime={"cache_prefix": cache, "compile_step": step},
+        )
+        train(_model(size=32), x, y, np.arange(8), x, y, cfg, AugmentConfig(mode="none"), runtime)
+    assert FinetuneConfig().runtime.compile_step is False
+    assert compiled == [("_CachedStep", {"dynamic": None, "options": {"fallback_random": True}})]

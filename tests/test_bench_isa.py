@@ -1,0 +1,37 @@
+"""``--isa avx2`` re-runs a benchmark in the emulated AVX2 class (nothing is timed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import _common
+
+
+def test_isa_argument_reads_both_spellings() -> None:
+    assert _common.isa_argument(["b.py", "--quick"]) == "native"
+    assert _common.isa_argument(["b.py", "--isa", "avx2"]) == "avx2"
+    assert _common.isa_argument(["b.py", "--isa=avx2", "--quick"]) == "avx2"
+
+
+def test_avx2_re_executes_the_same_module_with_both_caps(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(_common.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    _common.reexec_for_isa(["/x/benchmarks/bench_extract.py", "--isa", "avx2", "--quick"])
+    ((argv, env),) = calls
+    assert argv[1:] == ["-m", "benchmarks.bench_extract", "--isa", "avx2", "--quick"]
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+
+
+def test_no_second_exec_once_the_caps_are_set_and_none_for_native(monkeypatch) -> None:
+    monkeypatch.setattr(_common.os, "execve", lambda *a: pytest.fail("exec'd again"))
+    _common.reexec_for_isa(["b.py"])
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    _common.reexec_for_isa(["b.py", "--isa", "avx2"])
+
+
+def test_an_unknown_class_is_refused() -> None:
+    with pytest.raises(SystemExit, match="--isa avx9"):
+        _common.reexec_for_isa(["b.py", "--isa", "avx9"])
