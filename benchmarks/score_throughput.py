@@ -49,9 +49,10 @@ def make_package(directory: Path, size: int, backbone: str) -> Path:
     nodes (resnet18: layer2 -> layer3), packaged like ``finetune`` does."""
     import torch
 
+    from cad.artifacts.model_package import HeadSpec, ModelMeta, Nodes
     from cad.backbones import create_backbone, get_spec
     from cad.config import InputConfig
-    from cad.finetune.model import build_transfer_model
+    from cad.finetune.model import build_transfer_model, output_shape
     from cad.finetune.package import save_package
 
     torch.manual_seed(0)
@@ -68,19 +69,26 @@ def make_package(directory: Path, size: int, backbone: str) -> Path:
         hidden=64,
         dropout=0.1,
     )
-    meta = {
-        "backbone": backbone,
-        "round": 1,
-        "weights_source": "random",
-        "nodes": {"finetune": nodes[0], "connection": nodes[1]},
-        "head": {"hidden": 64, "dropout": 0.1},
-        "classes": ["non-tumour", "tumour"],
-        "in_chans": 3,
-        "input": json.loads(InputConfig(size=size).model_dump_json()),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "threshold": 0.5,
-    }
+    meta = ModelMeta(
+        backbone=backbone,
+        round=1,
+        weights_source="random",
+        nodes=Nodes(finetune=nodes[0], connection=nodes[1]),
+        head=HeadSpec(hidden=64, dropout=0.1),
+        classes=["non-tumour", "tumour"],
+        in_chans=3,
+        input=InputConfig(size=size),
+        mean=list(spec.mean),
+        std=list(spec.std),
+        threshold=0.5,
+        training_data_hash="benchmark",
+        connection_shape=list(output_shape(model.body, 3, size, "features")),
+        frozen_modules=0,
+        trainable_params=0,
+        frozen_params=0,
+        best_epoch=1,
+        best_val_f1=0.0,
+    )
     return save_package(model.eval(), meta, directory)
 
 
