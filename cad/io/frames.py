@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 _RESCALE = "PixelValueTransformationSequence"
 _MISSING = object()
+_NOTHING: dict[str, Any] = {}  # an absent item (a new Dataset per frame costs more)
 
 
 class Values:
@@ -132,7 +133,7 @@ def geometry(rec: FileRecord, ds: Values, groups: list[Dataset | None]) -> str:
             orients.add(tuple(round(v, 4) for v in iop))
         if not isinstance(ipp, str):
             rec.positions.append(ipp)  # type: ignore[arg-type]
-        content = item(frame, "FrameContentSequence") or Dataset()
+        content = item(frame, "FrameContentSequence") or _NOTHING
         rec.temporal_ids.append(
             as_int(content.get("TemporalPositionIndex", ds.get("TemporalPositionIdentifier")))
         )
