@@ -11,6 +11,9 @@ patients), measures in one run:
     whole process tree (polled from /proc every 200 ms: reading smaps_rollup costs CPU that
     scoring would otherwise have).
 
+(c) scoring's decoding alone, in this process: CPU ms per slice of the header pass and of
+    the study workers' ``process_study``, without worker start-up or pipes.
+
 The ratio (b)/(a) says how much of the model's speed survives the I/O (also in the steady
 state: from the first patient's rows to the last, without start-up); flat peak memory
 between the two sizes says scoring streams. On a shared machine wall-clock rates depend on
@@ -49,9 +52,10 @@ def make_package(directory: Path, size: int, backbone: str) -> Path:
     nodes (resnet18: layer2 -> layer3), packaged like ``finetune`` does."""
     import torch
 
+    from cad.artifacts.model_package import HeadSpec, ModelMeta, Nodes
     from cad.backbones import create_backbone, get_spec
     from cad.config import InputConfig
-    from cad.finetune.model import build_transfer_model
+    from cad.finetune.model import build_transfer_model, output_shape
     from cad.finetune.package import save_package
 
     torch.manual_seed(0)
@@ -68,19 +72,26 @@ def make_package(directory: Path, size: int, backbone: str) -> Path:
         hidden=64,
         dropout=0.1,
     )
-    meta = {
-        "backbone": backbone,
-        "round": 1,
-        "weights_source": "random",
-        "nodes": {"finetune": nodes[0], "connection": nodes[1]},
-        "head": {"hidden": 64, "dropout": 0.1},
-        "classes": ["non-tumour", "tumour"],
-        "in_chans": 3,
-        "input": json.loads(InputConfig(size=size).model_dump_json()),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "threshold": 0.5,
-    }
+    meta = ModelMeta(
+        backbone=backbone,
+        round=1,
+        weights_source="random",
+        nodes=Nodes(finetune=nodes[0], connection=nodes[1]),
+        head=HeadSpec(hidden=64, dropout=0.1),
+        classes=["non-tumour", "tumour"],
+        in_chans=3,
+        input=InputConfig(size=size),
+        mean=list(spec.mean),
+        std=list(spec.std),
+        threshold=0.5,
+        training_data_hash="benchmark",
+        connection_shape=list(output_shape(model.body, 3, size, "features")),
+        frozen_modules=0,
+        trainable_params=0,
+        frozen_params=0,
+        best_epoch=1,
+        best_val_f1=0.0,
+    )
     return save_package(model.eval(), meta, directory)
 
 
@@ -92,6 +103,32 @@ def preprocessed(root: Path, spec: InputConfig) -> np.ndarray:
 
     arrays = [study_slices(s, spec) for s in read_records(index_folder(root, workers=2)).studies]
     return np.concatenate(arrays)
+
+
+def decode_cost(root: Path, spec: InputConfig, repeats: int = 2) -> tuple[float, float, int]:
+    """CPU ms per slice of scoring's decoding, in this process (no worker start-up, no
+    pipe): the header pass over every file, and the study workers' ``process_study``
+    (assembly, pixel decode of the needed phases, preprocessing). Best of ``repeats``;
+    CPU time, so other load on the machine moves it less than wall time."""
+    from cad.heap import reuse_freed_memory
+    from cad.io.files import walk
+    from cad.io.index import index_paths
+    from cad.io.pool import WorkerPool
+    from cad.scoring.stream import process_study
+
+    reuse_freed_memory()  # as in the workers (``init_worker``)
+    secret, paths = b"benchmark".ljust(32, b"0"), walk(root)
+    header = study = float("inf")
+    slices = 0
+    for _ in range(repeats):
+        start = time.process_time()
+        with WorkerPool(0) as pool:
+            index = index_paths(paths, pool, secret)
+        header = min(header, time.process_time() - start)
+        start = time.process_time()
+        slices = sum(process_study(t, spec, secret, False).slices for t in index.studies)
+        study = min(study, time.process_time() - start)
+    return 1e3 * header / slices, 1e3 * study / slices, len(paths)
 
 
 def bare_forward(
@@ -290,6 +327,7 @@ def main() -> None:
             info = generate_phantom(
                 Path(tmp) / name, patients=patients, slices=args.slices, size=args.size, seed=3
             )
+            header_ms, study_ms, _ = decode_cost(info.dicom_root, spec)
             images = preprocessed(info.dicom_root, spec)
             forward, forward_cpu = bare_forward(package, images, args.batch_size)
             del images
@@ -306,6 +344,8 @@ def main() -> None:
                 "score_steady_slices_per_s": scored["steady_slices_per_s"],
                 "steady_ratio": scored["steady_slices_per_s"] / forward,
                 "workers_cpu_ms_per_slice": 1e3 * scored["workers_cpu_s"] / scored["slices"],
+                "decode_header_cpu_ms_per_slice": header_ms,
+                "decode_study_cpu_ms_per_slice": study_ms,
                 "ratio": scored["slices_per_s"] / forward,
                 "score_seconds": scored["seconds"],
                 "forward_cpu_ms_per_slice": 1e3 * forward_cpu,
@@ -327,7 +367,9 @@ def main() -> None:
                 f" | CPU ms/slice forward "
                 f"{entry['forward_cpu_ms_per_slice']:.1f}, score "
                 f"{entry['score_cpu_ms_per_slice']:.1f} (ratio {entry['cpu_ratio']:.3f}; decode "
-                f"workers {entry['workers_cpu_ms_per_slice']:.1f}) | "
+                f"workers {entry['workers_cpu_ms_per_slice']:.1f}, of which decoding "
+                f"{header_ms + study_ms:.1f}: header pass {header_ms:.1f} + studies "
+                f"{study_ms:.1f}) | "
                 f"peak RSS main {entry['main_peak_rss_mb']:.0f} MB, largest worker "
                 f"{entry['worker_peak_rss_mb']:.0f} MB, tree RSS "
                 f"{entry['tree_peak_rss_mb']:.0f} MB / PSS {entry['tree_peak_pss_mb']:.0f} MB"

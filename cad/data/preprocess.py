@@ -119,12 +119,11 @@ def study_slices(
                         f"phase {name} has shape {volume.shape}, pre has {shape}; "
                         "DCE phases must share one geometry"
                     )
-                raw.setdefault(name, volume[idx])
+                raw.setdefault(name, volume if slice_indices is None else volume[idx])
         channels, pads = [], []
         for terms in expressions:
             total = sum(sign for _, sign in terms)
-            channel = sum(sign * raw[name] for name, sign in terms) - total * offset
-            channels.append((channel / scale).astype(np.float32))
+            channels.append(_combine(raw, terms, total * offset, scale))
             pads.append(total * (minimum - offset) / scale)
         return _square_resize(channels, pads, spec.size)
     terms = expressions[0]
@@ -135,6 +134,24 @@ def study_slices(
     offset, scale, minimum = _cached_stats(study._stats, spec.phases[0], spec, lambda: volume)
     idx = _indices(slice_indices, volume.shape[0])
     return _expand((volume[idx] - offset) / scale, (minimum - offset) / scale, spec)
+
+
+def _combine(
+    raw: dict[str, np.ndarray], terms: list[tuple[str, float]], offset: float, scale: float
+) -> np.ndarray:
+    """``(sum(sign * raw[name]) - offset) / scale`` as float32, the same float operations
+    in the same order as the plain expression, on one new array instead of one per step."""
+    channel: np.ndarray | None = None
+    for name, sign in terms:
+        term = raw[name] if sign == 1.0 else sign * raw[name]  # x * 1.0 is x exactly
+        if channel is None:
+            channel = 0 + term  # what ``sum`` starts with (it turns -0.0 into 0.0)
+        else:
+            channel += term
+    assert channel is not None
+    channel -= offset
+    channel /= scale
+    return channel.astype(np.float32, copy=False)
 
 
 def _expand(channel: np.ndarray, pad: float, spec: InputConfig) -> np.ndarray:

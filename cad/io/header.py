@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom import config
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import as_pixel_options
@@ -103,13 +105,32 @@ _TEXT = {"patient_id": "PatientID", "study_uid": "StudyInstanceUID", "modality":
 _TEXT |= {"series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID"}
 _TEXT |= {"series_description": "SeriesDescription"}
 _IMAGE_ELEMENTS = ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
+# The top-level elements this module, ``frames`` and pydicom's ``as_pixel_options`` read:
+# the header parse keeps only these (pydicom seeks over the other values instead of
+# reading and storing them). A test compares records against a parse that keeps all.
+HEADER_KEYWORDS = (
+    *_TEXT.values(),
+    *_IMAGE_ELEMENTS,
+    *("SOPClassUID", "SeriesNumber", "InstanceNumber", "ImageType", "NumberOfFrames"),
+    *("SamplesPerPixel", "PlanarConfiguration", "BitsStored", "PixelRepresentation"),
+    *("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "ModalityLUTSequence"),
+    *("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"),
+    *("ImageOrientationPatient", "ImagePositionPatient", "RescaleSlope", "RescaleIntercept"),
+    *("TemporalPositionIdentifier", "TriggerTime", "AcquisitionDateTime"),
+    *("AcquisitionDate", "AcquisitionTime"),
+)
+HEADER_TAGS: list[int] | None = [tag_for_keyword(k) for k in HEADER_KEYWORDS]  # type: ignore[misc]
 
 
 def read_header(path: str | Path) -> FileRecord:
     """Classify one file from its header (no pixel decode) and record what grouping needs."""
     rec = FileRecord(path=Path(path))
+    validation = config.settings.reading_validation_mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns on every odd value; outcomes say it
+        # ... so it need not check every value against its VR either (a warning at most;
+        # the checks here decide): 15% of a header's parse time.
+        config.settings.reading_validation_mode = config.IGNORE
         try:
             fd = open_regular(rec.path)
         except Unusable as exc:
@@ -123,16 +144,18 @@ def read_header(path: str | Path) -> FileRecord:
             return rec.fail(Outcome.UNREADABLE, f"file cannot be read ({type(exc).__name__})")
         except Exception as exc:  # noqa: BLE001 - malformed values surface lazily
             return rec.fail(Outcome.CORRUPT, f"header value malformed ({safe_reason(exc)})")
+        finally:
+            config.settings.reading_validation_mode = validation
 
 
-def _expected_bytes(ds: Dataset) -> int:
+def _expected_bytes(ds: Dataset | fr.Values) -> int:
     """Decoded bytes the header's matrix claims, -1 without image elements."""
     if any(ds.get(k) in (None, "") for k in _IMAGE_ELEMENTS):
         return -1
     frames = fr.as_int(ds.get("NumberOfFrames")) or 1
     samples = fr.as_int(ds.get("SamplesPerPixel")) or 1
-    bits = int(ds.BitsAllocated)
-    return max((int(ds.Rows) * int(ds.Columns) * frames * samples * bits + 7) // 8, 0)
+    rows, columns, bits = (int(ds.get(k)) for k in ("Rows", "Columns", "BitsAllocated"))
+    return max((rows * columns * frames * samples * bits + 7) // 8, 0)
 
 
 def _read(rec: FileRecord, fp: BinaryIO, size: int) -> FileRecord:
@@ -149,20 +172,24 @@ def _read(rec: FileRecord, fp: BinaryIO, size: int) -> FileRecord:
         if deflated:
             ds, located = px.read_deflated(fp, _expected_bytes)
         else:
-            ds, located = pydicom.dcmread(fp, stop_before_pixels=True, force=not preamble), None
+            ds = pydicom.dcmread(
+                fp, stop_before_pixels=True, force=not preamble, specific_tags=HEADER_TAGS
+            )
+            located = None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a finding
         if isinstance(exc, InvalidDicomError) or not preamble:
             return rec.fail(Outcome.NOT_DICOM, "no DICOM preamble and not parseable")
         return rec.fail(Outcome.CORRUPT, f"header cannot be parsed ({type(exc).__name__})")
-    if not preamble and "SOPClassUID" not in ds and "Rows" not in ds:
+    values = fr.Values(ds)
+    if not preamble and "SOPClassUID" not in values and "Rows" not in values:
         return rec.fail(Outcome.NOT_DICOM, "no DICOM preamble and not a DICOM data set")
     meta = getattr(ds, "file_meta", None) or Dataset()
-    sop = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    sop = str(values.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
     for attr, keyword in _TEXT.items():
-        setattr(rec, attr, str(ds.get(keyword) or ""))
-    rec.series_number = fr.as_int(ds.get("SeriesNumber"))
-    rec.instance_number = fr.as_int(ds.get("InstanceNumber"))
-    rec.image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+        setattr(rec, attr, str(values.get(keyword) or ""))
+    rec.series_number = fr.as_int(values.get("SeriesNumber"))
+    rec.instance_number = fr.as_int(values.get("InstanceNumber"))
+    rec.image_type = tuple(str(v).upper() for v in (values.get("ImageType") or ()))
     rec.transfer_syntax = px.transfer_syntax(ds)
     what = px.uid_name(sop, "SOP class")
     # An image SOP class without image elements / pixel data is broken, anything else is
@@ -171,18 +198,18 @@ def _read(rec: FileRecord, fp: BinaryIO, size: int) -> FileRecord:
     for prefix, kind in _NON_IMAGE.items():
         if sop.startswith(prefix):
             return rec.fail(Outcome.NOT_AN_IMAGE, f"{what}: a {kind}, not an image")
-    missing = [k for k in _IMAGE_ELEMENTS if ds.get(k) in (None, "")]
+    missing = [k for k in _IMAGE_ELEMENTS if values.get(k) in (None, "")]
     if missing:
         return rec.fail(lacking, f"{what} lacks image elements {', '.join(missing)}")
-    rec.rows, rec.columns = int(ds.Rows), int(ds.Columns)
-    rec.frames = fr.as_int(ds.get("NumberOfFrames")) or 1
-    bits, samples = int(ds.BitsAllocated), fr.as_int(ds.get("SamplesPerPixel")) or 1
+    rec.rows, rec.columns = int(values.get("Rows")), int(values.get("Columns"))
+    rec.frames = fr.as_int(values.get("NumberOfFrames")) or 1
+    bits, samples = int(values.get("BitsAllocated")), fr.as_int(values.get("SamplesPerPixel")) or 1
     if located is None:
         native = rec.transfer_syntax in px.NATIVE
-        located = px.locate(fp, ds, size, _expected_bytes(ds), native)
+        located = px.locate(fp, ds, size, _expected_bytes(values), native)
     if not located.present:
         return rec.fail(lacking, f"{what} has no pixel data")
-    photometric = str(ds.PhotometricInterpretation).upper()
+    photometric = str(values.get("PhotometricInterpretation")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
         return rec.fail(Outcome.NOT_AN_IMAGE, f"{photometric} image is not grayscale")
     if min(rec.rows, rec.columns, rec.frames, bits) < 1:
@@ -195,17 +222,18 @@ def _read(rec: FileRecord, fp: BinaryIO, size: int) -> FileRecord:
         return rec.fail(Outcome.CORRUPT, f"matrix implausibly large: more than {px.MAX_PIXELS} px")
     if not (rec.study_uid and rec.series_uid):
         return rec.fail(Outcome.CORRUPT, "Study/SeriesInstanceUID missing: cannot be grouped")
-    _pixel_layout(rec, ds, located, deflated)
-    groups = fr.per_frame(ds, rec.frames)
-    problem = fr.geometry(rec, ds, groups)
+    _pixel_layout(rec, values, located, deflated)
+    groups = fr.per_frame(values, rec.frames)
+    problem = fr.geometry(rec, values, groups)
     if problem:
         return rec.fail(Outcome.AMBIGUOUS_GEOMETRY, problem)
-    problem = fr.rescale(rec, ds, groups)
+    problem = fr.rescale(rec, values, groups)
     return rec.fail(Outcome.CORRUPT, problem) if problem else rec
 
 
-def _pixel_layout(rec: FileRecord, ds: Dataset, located: px.Located, deflated: bool) -> None:
+def _pixel_layout(rec: FileRecord, values: fr.Values, located: px.Located, deflated: bool) -> None:
     """What decoding needs: the decoder options and, when possible, where the bytes are."""
+    ds = values.ds
     options = {
         k: v if v is None or isinstance(v, str) else int(v)
         for k, v in as_pixel_options(ds).items()
@@ -218,6 +246,6 @@ def _pixel_layout(rec: FileRecord, ds: Dataset, located: px.Located, deflated: b
         little
         and not deflated
         and located.keyword == "PixelData"
-        and "ExtendedOffsetTable" not in ds
-        and "ModalityLUTSequence" not in ds
+        and "ExtendedOffsetTable" not in values
+        and "ModalityLUTSequence" not in values
     )

@@ -304,7 +304,10 @@ def decode(record: FileRecord) -> np.ndarray:
         raise CorruptError("the modality LUT does not match the number of frames")
     slope = np.array(record.slopes, np.float32)[:, None, None]
     intercept = np.array(record.intercepts, np.float32)[:, None, None]
-    out = arr.astype(np.float32) * slope + intercept
+    out = arr.astype(np.float32)  # the one conversion; the LUT is applied in place
+    if not np.issubdtype(arr.dtype, np.integer) or np.any(slope != 1) or np.any(intercept):
+        out *= slope  # (x * 1 + 0 is x exactly for the integers an image stores)
+        out += intercept
     if str(record.pixel_options.get("photometric_interpretation")).upper() == "MONOCHROME1":
         opts = record.pixel_options
         bits = int(opts.get("bits_stored") or opts["bits_allocated"])

@@ -66,14 +66,20 @@ class Series:
     def volume(self) -> np.ndarray:
         """(S, H, W) float32, slice 0 lowest along the normal; decodes on first use."""
         if self._pixels is None:
-            decoded = {}
+            volume = np.empty(self.shape, dtype=np.float32)  # filled in place, no stack
+            slots: dict[int, list[int]] = defaultdict(list)  # record -> (slot, frame)
+            for slot, frame in enumerate(self.frames):
+                slots[id(frame.record)] += (slot, frame.index)
             for rec in self.records:
                 try:
-                    decoded[id(rec)] = decode(rec)
+                    frames = decode(rec)
                 except DecodeError as exc:
                     rec.fail(exc.outcome, exc.reason)
                     raise DataError(f"a slice of this series cannot be decoded: {exc}") from None
-            self._pixels = np.stack([decoded[id(f.record)][f.index] for f in self.frames])
+                pairs = slots[id(rec)]
+                for slot, index in zip(pairs[::2], pairs[1::2], strict=True):
+                    volume[slot] = frames[index]
+            self._pixels = volume
         return self._pixels
 
 

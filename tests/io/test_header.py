@@ -209,3 +209,40 @@ def test_index_folder_workers_and_progress(tmp_path: Path, monkeypatch) -> None:
     assert [(r.path, r.outcome, r.positions) for r in serial] == [
         (r.path, r.outcome, r.positions) for r in parallel
     ]
+
+
+def test_the_header_parse_keeps_every_element_the_record_needs(tmp_path: Path, monkeypatch) -> None:
+    """The header parse keeps only ``HEADER_TAGS``; a parse that keeps every element must
+    give the same record for every kind of file (an element read but not listed would
+    silently read as missing)."""
+    from dicom_factory import write_dce_study
+
+    from cad.io import header
+    from cad.io.files import walk
+
+    _bad_folder(tmp_path / "bad")
+    phases = [RNG.integers(0, 4096, (4, 16, 16), dtype=np.uint16) for _ in range(3)]
+    for timing in ("temporal-id", "trigger", "acquisition"):
+        write_dce_study(tmp_path / timing, phases, timing=timing)
+    for syntax in ("explicit-le", "deflated", "explicit-be"):
+        frames = RNG.integers(0, 4096, (2, 16, 16), dtype=np.uint16)
+        enhanced_mr(
+            tmp_path / f"enhanced-{syntax}.dcm",
+            frames,
+            [(0.0, 0.0, 0.0), (0.0, 0.0, 2.0)],
+            temporal_ids=[1, 2],
+            slopes=[1.0, 2.0],
+            intercepts=[0.0, -5.0],
+            syntax=syntax,
+        )
+    save(mr_slice(IMAGE, photometric="MONOCHROME1", slope=2), tmp_path / "m1.dcm")
+    nan_slope = mr_slice(IMAGE, slope=1.0)
+    nan_slope["RescaleSlope"].value = "NaN"
+    save(nan_slope, tmp_path / "nan_slope.dcm")
+    paths = walk(tmp_path)
+    kept = [header.record_bytes(read_header(p)) for p in paths]
+    monkeypatch.setattr(header, "HEADER_TAGS", None)
+    full = [header.record_bytes(read_header(p)) for p in paths]
+    assert len(paths) > 40 and kept == full
+    outcomes = {read_header(p).outcome for p in paths}
+    assert {Outcome.OK, Outcome.CORRUPT, Outcome.NOT_AN_IMAGE} <= outcomes
