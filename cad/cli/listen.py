@@ -10,6 +10,7 @@ import typer
 from cad.cli.app import KEPT, app, handle_errors, tune_process
 from cad.errors import CadError
 from cad.pacs import cli as pacs_cli
+from cad.scoring import cli as scoring_cli
 
 KEPT["listen"] = (
     "scored studies are in the outputs; received studies stay staged and are scored at the "
@@ -66,6 +67,9 @@ def listen(
             "(they carry the study's real identifiers: keep DIR private)."
         ),
     ] = None,
+    report_dir: scoring_cli.ReportDir = None,
+    report_phi: scoring_cli.ReportPhi = False,
+    report_pdf: scoring_cli.ReportPdf = False,
     staging: pacs_cli.Staging = None,
     keep_staged: Annotated[
         bool, typer.Option("--keep-staged", help="Keep each study's staged files after scoring.")
@@ -116,6 +120,9 @@ def listen(
         workers=workers,
         tracking_uri=tracking_uri,
         dicom_out=dicom_out,
+        report_dir=report_dir,
+        report_phi=report_phi,
+        report_pdf=report_pdf,
         pacs=pacs,
         calling_aet=calling_aet,
     )

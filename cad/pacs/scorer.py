@@ -51,6 +51,9 @@ class ListenOptions:
     workers: int = 2
     tracking_uri: str | None = None
     dicom_out: Path | None = None
+    report_dir: Path | None = None  # an HTML report per scored study (cad score --report-dir)
+    report_phi: bool = False
+    report_pdf: bool = False
     pacs: str | None = None  # --send-results: store the --dicom-out results here
     calling_aet: str = "CAD"
     poll: float = 0.5  # seconds between checks for complete studies
@@ -112,6 +115,7 @@ class StudyScorer:
             "model": self.pseudo.key("model", sums, 32),
             "level": self.opts.level,
             "dicom_out": self.opts.dicom_out is not None,
+            "report_dir": self.opts.report_dir is not None,
         }
 
     # -- the outcome rows
@@ -154,6 +158,9 @@ class StudyScorer:
                     workers=self.opts.workers,
                     tracking_uri=self.opts.tracking_uri,
                     dicom_out=self.opts.dicom_out,
+                    report_dir=self.opts.report_dir,
+                    report_phi=self.opts.report_phi,
+                    report_pdf=self.opts.report_pdf,
                     progress=False,
                 )
                 counts = {"slices": summary.slices, "not_scored": summary.error_files}

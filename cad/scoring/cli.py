@@ -14,6 +14,27 @@ import typer
 from cad.errors import CadError
 from cad.pacs import cli as pacs_cli
 
+ReportDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write a self-contained HTML report per scored study into DIR/<study "
+        "pseudonym>/report.html: finding, top-3 slices with Grad-CAM, model card. "
+        "PHI-free unless --report-phi."
+    ),
+]
+ReportPhi = Annotated[
+    bool,
+    typer.Option(
+        "--report-phi",
+        help="Add the patient's name, ID and study date to each --report-dir report "
+        "(for the radiologist reading that study): keep DIR private.",
+    ),
+]
+ReportPdf = Annotated[
+    bool,
+    typer.Option("--report-pdf", help="Also print each report to report.pdf (headless Chromium)."),
+]
+
 
 def score_command(
     dicom_dir: Annotated[
@@ -82,28 +103,9 @@ def score_command(
             "(it belongs in the patient's study): keep DIR private."
         ),
     ] = None,
-    report_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write a self-contained HTML report per scored study into DIR/<study "
-            "pseudonym>/report.html: finding, top-3 slices with Grad-CAM, model card. "
-            "PHI-free unless --report-phi."
-        ),
-    ] = None,
-    report_phi: Annotated[
-        bool,
-        typer.Option(
-            "--report-phi",
-            help="Add the patient's name, ID and study date to each --report-dir report "
-            "(for the radiologist reading that study): keep DIR private.",
-        ),
-    ] = False,
-    report_pdf: Annotated[
-        bool,
-        typer.Option(
-            "--report-pdf", help="Also print each report to report.pdf (headless Chromium)."
-        ),
-    ] = False,
+    report_dir: ReportDir = None,
+    report_phi: ReportPhi = False,
+    report_pdf: ReportPdf = False,
     shard: Annotated[
         str | None,
         typer.Option(

@@ -114,7 +114,8 @@ def folder_rows(export: Path, package: Path, tmp_path_factory) -> bytes:
 
 def test_listener_writes_the_rows_of_cad_score(export, package, folder_rows, tmp_path):
     out = tmp_path / "out" / "predictions.csv"
-    run = start(package, out, "--study-timeout", "3600")  # complete on release
+    reports = tmp_path / "reports"
+    run = start(package, out, "--study-timeout", "3600", "--report-dir", str(reports))
     files = dicom_files(export)
     orphan = pydicom.dcmread(files[0])  # an image without its study: cannot be grouped
     del orphan.StudyInstanceUID
@@ -143,7 +144,11 @@ def test_listener_writes_the_rows_of_cad_score(export, package, folder_rows, tmp
     staging = out.parent / "predictions.staged"
     assert stat.S_IMODE(staging.stat().st_mode) == 0o700
     assert not any((staging / "studies").iterdir())
+    # a PHI-free HTML report per scored study (cad score --report-dir), found by pseudonym
+    pages = sorted(reports.glob("*/report.html"))
+    assert {p.parent.name for p in pages} == {r["study"] for r in scored}
     texts = [run.text()] + [p.read_text() for p in out.parent.glob("predictions*.*") if p.is_file()]
+    texts += [p.read_text() for p in pages]
     for value in phi(export):
         assert not any(value in text for text in texts), "an identifier reached an output"
 
