@@ -123,3 +123,11 @@ def refuse_symlink(path: str | Path | None, option: str) -> None:
             f"{option} is a symbolic link; cad does not write through links (that would "
             "overwrite the file it points to): give a plain file path, or remove the link"
         )
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader (or a
+    rerun after a kill) sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

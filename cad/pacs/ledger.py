@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cad.errors import CadError
+from cad.io.files import replace_text
 from cad.scoring.writers import ERROR_COLUMNS, PREDICTION_COLUMNS, csv_bytes
 
 LEDGER_FORMAT = "cad-listen/1"
@@ -112,6 +113,4 @@ class Ledger:
             "offsets": self.offsets,
             "scored": self.scored,
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        replace_text(self.path, json.dumps(record, indent=1, sort_keys=True))

@@ -30,10 +30,9 @@ from cad.errors import CadError
 from cad.io.index import StudyTask
 from cad.io.pool import WorkerPool
 from cad.ray_session import ray_session
-from cad.scoring.infer import Aggregate, Scored
+from cad.scoring.infer import Scored
 from cad.scoring.run import Run
 from cad.scoring.stream import StudyResult, init_worker, process_study
-from cad.scoring.summary import progress_or_nothing
 from cad.scoring.writers import Outputs
 
 log = logging.getLogger("cad.scoring")
@@ -184,9 +183,7 @@ class RayRun(Run):
         patients_done: int,
         show_progress: bool,
     ) -> None:
-        self._outputs, self._cam, self._done = outputs, None, patients_done
-        self._patient, self._patient_agg = "", Aggregate()
-        self._tasks = {(t.patient, t.study): t for t in todo}
+        self._start(todo, outputs, None, patients_done)
         if not todo:
             return
         with ray_session() as ray:
@@ -196,15 +193,7 @@ class RayRun(Run):
             actors = [actor_type.remote(files, self.batch_size) for _ in range(count)]
             log.info("ray: %d model actor(s) (%s), decoding in CPU tasks", count, resources)
             batcher = RemoteBatcher(ray, actors, self.batch_size)
-            total = sum(len(task.paths) for task in todo)
-            with progress_or_nothing(show_progress, "score", total, "files") as advance:
-                for result in self._decoded(ray, todo, key_map):
-                    for scored in batcher.add(result):
-                        self._write(scored)
-                        advance(scored.result.files)
-                for scored in batcher.flush():
-                    self._write(scored)
-                    advance(scored.result.files)
+            self._drain(self._decoded(ray, todo, key_map), batcher, todo, show_progress)
 
     def _decoded(self, ray: Any, todo: list[StudyTask], key_map: bool) -> Iterator[StudyResult]:
         context = ray.data.DataContext.get_current()

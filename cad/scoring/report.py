@@ -25,6 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cad.errors import CadError
+from cad.io.files import replace_text
 from cad.io.index import StudyTask
 from cad.scoring.dicom_sc import CamMap, render
 from cad.scoring.dicom_sr import (
@@ -162,9 +163,7 @@ class ReportWriter:
             return False
         page = self.path(scored.result.study)
         page.parent.mkdir(parents=True, exist_ok=True)
-        tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.html(scored, headers))
-        os.replace(tmp, page)
+        replace_text(page, self.html(scored, headers))
         if self.chromium is not None:
             print_pdf(self.chromium, page, self.path(scored.result.study, PDF_NAME))
         return True

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cad.device import Runtime
 from cad.errors import CadError
@@ -21,7 +21,7 @@ from cad.io.index import FolderIndex, StudyTask
 from cad.io.pool import WorkerPool
 from cad.scoring.cam import CamWriter
 from cad.scoring.infer import Aggregate, Batcher, Scored, slice_rows
-from cad.scoring.stream import iter_studies
+from cad.scoring.stream import StudyResult, iter_studies
 from cad.scoring.summary import ScoreSummary, progress_or_nothing, summary_from_counts
 from cad.scoring.writers import Outputs, State
 
@@ -175,13 +175,26 @@ class Run:
             self.loaded.calibrate,
             keep_top=self._keep_top(),
         )
+        self._start(todo, outputs, cam, patients_done)
+        inflight = max(2 * pool.workers, 2)
+        studies = iter_studies(todo, self.spec, self.secret, pool, key_map, inflight)
+        self._drain(studies, batcher, todo, show_progress)
+
+    def _start(
+        self, todo: list[StudyTask], outputs: Outputs, cam: CamWriter | None, patients_done: int
+    ) -> None:
+        """The per-run state :meth:`_write` keeps, for whichever executor feeds it."""
         self._outputs, self._cam, self._done = outputs, cam, patients_done
         self._patient, self._patient_agg = "", Aggregate()
         self._tasks = {(t.patient, t.study): t for t in todo}  # the files behind each result
-        inflight = max(2 * pool.workers, 2)
+
+    def _drain(
+        self, studies: Iterable[StudyResult], batcher: Any, todo: list[StudyTask], show: bool
+    ) -> None:
+        """Decoded studies through ``batcher`` (``add``/``flush``, in order) into the outputs."""
         total = sum(len(task.paths) for task in todo)
-        with progress_or_nothing(show_progress, "score", total, "files") as advance:
-            for result in iter_studies(todo, self.spec, self.secret, pool, key_map, inflight):
+        with progress_or_nothing(show, "score", total, "files") as advance:
+            for result in studies:
                 for scored in batcher.add(result):
                     self._write(scored)
                     advance(scored.result.files)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cad.errors import CadError
+from cad.io.files import replace_text
 
 PREDICTION_COLUMNS = (
     "level",
@@ -194,9 +195,7 @@ class Outputs:
             "header_done": state.header_done,
             "complete": state.complete,
         }
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, self.sidecar)
+        replace_text(self.sidecar, json.dumps(record, indent=1, sort_keys=True))
 
     def close(self) -> None:
         for handle in self.files.values():
