@@ -22,36 +22,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from cad.data.phantom_signal import (
+    BLOOD_CURVE,
+    BPE_RAMP,
+    KINETIC_CURVES,
+    SERIES,
+    TISSUE_SIGNAL,
+    Value,
+    acquire,
+    scaled,
+)
+
 FOV_MM = (300.0, 380.0)
 SLAB_MM = 120.0
 MAX_STORED = 4095
-SERIES = ("t1", "pre", "post1", "post2", "post3")
 KINETICS = ("persistent", "plateau", "washout")
 SHAPES = ("round", "lobulated", "spiculated")
 TISSUES = ("air", "skin", "fat", "fgt", "muscle", "thorax", "blood", "vessel", "lesion", "node")
-
-# tissue: (code, fat-saturated pre-contrast signal, T1 signal, enhancement post1..post3)
-_TISSUE = {
-    "fat": (2, 60.0, 900.0, (0.05, 0.06, 0.07)),
-    "skin": (1, 330.0, 480.0, (0.35, 0.5, 0.6)),
-    "fgt": (3, 300.0, 330.0, (0.0, 0.0, 0.0)),
-    "muscle": (4, 170.0, 380.0, (0.25, 0.35, 0.4)),
-    "thorax": (5, 120.0, 300.0, (0.3, 0.35, 0.35)),
-    "lung": (5, 25.0, 40.0, (0.1, 0.1, 0.1)),
-    "blood": (6, 220.0, 300.0, (0.0, 0.0, 0.0)),
-    "vessel": (7, 170.0, 250.0, (0.0, 0.0, 0.0)),
-    "lesion": (8, 285.0, 340.0, (0.0, 0.0, 0.0)),
-    "node": (9, 260.0, 330.0, (0.0, 0.0, 0.0)),
-}
-# enhancement at post1, post2, post3 relative to post1
-_CURVES = dict(persistent=(1.0, 1.25, 1.45), plateau=(1.0, 1.03, 1.0), washout=(1.0, 0.8, 0.65))
-_BPE_RAMP = (0.55, 0.8, 1.0)
-_BLOOD = (1.0, 0.8, 0.68)
-_Value = float | np.ndarray
-
-
-def _scaled(level: _Value, curve: tuple[float, ...]) -> tuple[_Value, ...]:
-    return tuple(level * c for c in curve)
 
 
 @dataclass(frozen=True)
@@ -131,9 +118,9 @@ class _Volume:
         """Voxel index (slice, row, col) -> position (z, y, x) in mm."""
         return np.array([self.z[index[0], 0, 0], self.y[0, index[1], 0], self.x[0, 0, index[2]]])
 
-    def paint(self, alpha: np.ndarray, tissue: str, enh: tuple = (), tex: _Value = 1) -> None:
+    def paint(self, alpha: np.ndarray, tissue: str, enh: tuple = (), tex: Value = 1) -> None:
         """Blend a tissue over what is there, weighted by its coverage ``alpha``."""
-        code, pre, t1, default = _TISSUE[tissue]
+        code, pre, t1, default = TISSUE_SIGNAL[tissue]
         enh = enh or default
         self.pre += alpha * (pre * tex - self.pre)
         self.t1 += alpha * (t1 * tex - self.t1)
@@ -213,9 +200,9 @@ def _heart(v: _Volume) -> None:
     scale = np.sqrt(np.clip(1 - ((v.z - hz) / hr) ** 2, 0.0, 1.0)) * rng.uniform(0.8, 1.15)
     hx, hy = rng.uniform(-15, 15), yc - 0.2 * v.ay
     rho = np.hypot((v.x - hx) / (0.27 * v.ax), (v.y - hy) / (0.42 * v.ay)) / (scale + 1e-3)
-    v.paint((rho < 1) * v.inner, "blood", _scaled(0.35 * peak, _BLOOD), 0.9)
+    v.paint((rho < 1) * v.inner, "blood", scaled(0.35 * peak, BLOOD_CURVE), 0.9)
     chamber = v.soft((rho - 0.7) * 0.3 * v.ay) * v.inner * (1 + 0.15 * v.noise(6.0))
-    v.paint(np.clip(chamber, 0, 1), "blood", _scaled(peak, _BLOOD))
+    v.paint(np.clip(chamber, 0, 1), "blood", scaled(peak, BLOOD_CURVE))
     paths, radii, gains = [], [], []
     for _ in range(int(rng.integers(2, 5))):
         z0, z1 = sorted(rng.uniform(-SLAB_MM, SLAB_MM, 2))
@@ -227,7 +214,7 @@ def _heart(v: _Volume) -> None:
         radii.append(rng.uniform(5, 14))
         gains.append(rng.uniform(0.8, 1.2))
     alpha, which = v.tubes(paths, radii)
-    v.paint(alpha * v.inner, "blood", _scaled(np.float32(peak) * np.take(gains, which), _BLOOD))
+    v.paint(alpha * v.inner, "blood", scaled(np.float32(peak) * np.take(gains, which), BLOOD_CURVE))
 
 
 def _nodes(v: _Volume) -> None:
@@ -258,13 +245,13 @@ def _glands(v: _Volume) -> float:
     v.fgt = (1 / (1 + np.exp(-(grain - thr) / 0.12))) * v.breast * deep
     bpe = float(rng.choice([0.1, 0.3, 0.6, 1.0], p=[0.25, 0.3, 0.25, 0.2]) * rng.uniform(0.7, 1.3))
     patch = np.clip(0.6 + 0.5 * v.noise(10.0), 0.0, 1.5)
-    v.paint(v.fgt.astype(np.float32), "fgt", _scaled(bpe * patch, _BPE_RAMP), 1 + 0.12 * v.noise(1))
+    v.paint(v.fgt.astype(np.float32), "fgt", scaled(bpe * patch, BPE_RAMP), 1 + 0.12 * v.noise(1))
     n_foci, cand = int(rng.poisson(14 * bpe)), np.argwhere(v.fgt > 0.7)
     if n_foci and len(cand):
         pts = cand[rng.choice(len(cand), n_foci)]
         alpha, which = v.tubes([v.point(p)[None] for p in pts], list(rng.uniform(1.5, 3.5, n_foci)))
         gain = rng.uniform(0.8, 1.8, n_foci).astype(np.float32)[which]
-        v.paint(alpha, "fgt", _scaled(gain, _BPE_RAMP))
+        v.paint(alpha, "fgt", scaled(gain, BPE_RAMP))
     return bpe
 
 
@@ -289,7 +276,7 @@ def _vessels(v: _Volume) -> None:
         strength.append(rng.uniform(1.5, 2.5))
     alpha, which = v.tubes(paths, radii)
     alpha *= v.body & (v.thorax_depth < 40)
-    v.paint(alpha, "vessel", _scaled(np.asarray(strength, np.float32)[which], _BLOOD))
+    v.paint(alpha, "vessel", scaled(np.asarray(strength, np.float32)[which], BLOOD_CURVE))
 
 
 def _lesion(v: _Volume) -> tuple[str, str]:
@@ -334,7 +321,7 @@ def _lesion(v: _Volume) -> tuple[str, str]:
     else:
         profile = np.clip(0.85 + 0.15 * v.noise(2.0), 0.5, 1.2)
     tex = rng.uniform(0.9, 1.1) + 0.08 * v.noise(1.5)
-    v.paint(mass * v.breast, "lesion", _scaled(peak * profile, _CURVES[kinetics]), tex)
+    v.paint(mass * v.breast, "lesion", scaled(peak * profile, KINETIC_CURVES[kinetics]), tex)
     return shape, kinetics
 
 
@@ -344,28 +331,6 @@ def _box(tissue: np.ndarray) -> LesionBox | None:
         return None
     lo, hi = [int(a.min()) + 1 for a in (rs, cs, zs)], [int(a.max()) + 1 for a in (rs, cs, zs)]
     return LesionBox(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
-
-
-def _acquire(v: _Volume) -> dict[str, np.ndarray]:
-    """Real-valued magnitude images: skin, coil bias field, gain, Rician noise."""
-    rng = v.rng
-    v.paint(v.soft(v.body_depth - 2.5) * v.body, "skin")
-    xn, yn, zn = v.x / 170, v.y / 170, v.z / 60
-    coeff = rng.normal(0, 0.12, 6)
-    coeff[5] = abs(coeff[5])
-    terms = (xn, yn, zn, xn * yn, xn**2, -(yn**2))
-    smooth = sum(c * t for c, t in zip(coeff, terms, strict=True))
-    bias = np.exp(smooth - rng.uniform(0.2, 0.5) * yn)  # brighter near the breast coil
-    gain = rng.uniform(1.0, 2.4)
-    sigma = rng.uniform(0.025, 0.05) * 300 * gain
-    clean = {"t1": v.t1, "pre": v.pre}
-    clean.update({f"post{k + 1}": v.pre * (1 + v.enh[k]) for k in range(3)})
-    out = {}
-    for name in SERIES:
-        re = clean[name] * bias * gain + sigma * rng.standard_normal(v.shape, np.float32)
-        im = sigma * rng.standard_normal(v.shape, np.float32)
-        out[name] = np.sqrt(re * re + im * im)
-    return out
 
 
 def simulate_patient(
@@ -382,7 +347,7 @@ def simulate_patient(
     bpe = _glands(v)
     _vessels(v)
     shape, kinetics = _lesion(v) if has_lesion else (None, None)
-    real = _acquire(v)
+    real = acquire(v)
     slope = {n: 2.0 if n.startswith("post") and index % 2 else 1.0 for n in SERIES}
     intercept = dict.fromkeys(SERIES, 0.0)
     stored = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,7 +26,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cad.tracking.store_check import BrokenStore, repair_sqlite_store
+from cad.tracking.failures import configure_http, describe
+from cad.tracking.store_check import repair_sqlite_store
 
 log = logging.getLogger("cad.tracking")
 
@@ -40,20 +40,6 @@ METRICS_PER_BATCH = 1000
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_TAG = "mlflow.parentRunId"
 
-# MlflowException codes that mean "this request was wrong", not "the store is unusable".
-_REQUEST_ERRORS = {
-    "INVALID_PARAMETER_VALUE",
-    "RESOURCE_ALREADY_EXISTS",
-    "RESOURCE_DOES_NOT_EXIST",
-    "BAD_REQUEST",
-    "INVALID_STATE",
-}
-_AUTH_ERRORS = {  # the team server's basic auth (never echo the credentials themselves)
-    "UNAUTHENTICATED": "the tracking server refused the credentials (HTTP 401): set "
-    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment",
-    "PERMISSION_DENIED": "the tracking server denied this user access (HTTP 403): ask its "
-    "admin for EDIT permission on the experiment",
-}
 _TRUNCATED = "...[truncated]"
 _FAILED: Any = object()  # sentinel: the guarded call failed or was skipped
 
@@ -85,44 +71,6 @@ def clean_key(key: str) -> str:
 def _clip(value: Any, limit: int) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
-
-
-def _transport_error(exc: BaseException) -> str | None:
-    """'timed out' / 'connection failed' / 'database error' if that caused ``exc``."""
-    seen: set[int] = set()
-    err: BaseException | None = exc
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        module, name = type(err).__module__, type(err).__name__
-        if isinstance(err, TimeoutError) or "Timeout" in name:
-            return "timed out"
-        if isinstance(err, ConnectionError) or module.startswith(("requests", "urllib3")):
-            return "connection failed"
-        if module.startswith("sqlalchemy") and name == "OperationalError":
-            return "database error"
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def _describe(exc: BaseException) -> tuple[str, bool]:
-    """(PHI-free reason, whether the tracking store is unusable)."""
-    if isinstance(exc, BrokenStore):  # our own message: the file and the fix
-        return str(exc), True
-    transport = _transport_error(exc)
-    if transport is not None:
-        return f"{transport} ({type(exc).__name__})", True
-    if isinstance(exc, MlflowException) and exc.error_code in _AUTH_ERRORS:
-        return _AUTH_ERRORS[exc.error_code], True
-    if isinstance(exc, MlflowException):
-        return f"{type(exc).__name__} {exc.error_code}", exc.error_code not in _REQUEST_ERRORS
-    return type(exc).__name__, False
-
-
-def _configure_http(retries: int, timeout_s: float) -> None:
-    """Bound MLflow's HTTP retries and timeouts (mlflow reads these at every request)."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max(0, int(retries)))
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -157,7 +105,7 @@ class Tracker:
         self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
         if enabled:
-            _configure_http(retries, timeout_s)
+            configure_http(retries, timeout_s)
             client = self._call("connect", self._connect, fatal=True)
             self._client = None if client is _FAILED else client
 
@@ -192,7 +140,7 @@ class Tracker:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - tracking must never kill work
-            reason, down = _describe(exc)
+            reason, down = describe(exc)
             self._fail(op, reason, down or fatal)
         return _FAILED
 

@@ -11,7 +11,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cad.errors import ModelPackageError
-from cad.tracking.client import _configure_http, _transport_error, redact_uri
+from cad.tracking.client import redact_uri
+from cad.tracking.failures import configure_http, transport_error
 
 
 def default_tracking_uri(workdir: Path, configured: str | None) -> str:
@@ -80,13 +81,13 @@ def resolve_model_uri(
         raise ModelPackageError(f"no model package directory at '{model}'; {_HOW}")
     if model.startswith("models:/"):
         _parse_models_uri(model)  # a malformed URI fails before any connection
-    _configure_http(retries, timeout_s)
+    configure_http(retries, timeout_s)
     try:
         Path(dest).mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         path = Path(_download(client, model, tracking_uri, Path(dest)))
     except Exception as exc:  # noqa: BLE001 - any backend error becomes a typed error
-        reason = _transport_error(exc) or (
+        reason = transport_error(exc) or (
             exc.message if isinstance(exc, MlflowException) else type(exc).__name__
         )
         raise ModelPackageError(
