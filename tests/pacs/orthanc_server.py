@@ -113,6 +113,26 @@ class Orthanc:
             ids.append(response.json()["ID"])
         return ids
 
+    def lookup(self, sop_instance_uid: str) -> list[dict]:
+        """Orthanc's resources with this UID (/tools/lookup)."""
+        response = requests.post(
+            self.http + "/tools/lookup", data=sop_instance_uid, auth=(USER, PASSWORD), timeout=30
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def remove(self, paths) -> None:
+        """Delete the instances these DICOM files are from (e.g. results a test stored), so
+        the session's shared server holds the uploaded export again."""
+        import pydicom
+
+        for path in paths:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            for hit in self.lookup(uid):
+                if hit["Type"] == "Instance":
+                    url = f"{self.http}/instances/{hit['ID']}"
+                    requests.delete(url, auth=(USER, PASSWORD), timeout=30)
+
     def clear(self) -> None:
         for patient in self.get("/patients").json():
             requests.delete(f"{self.http}/patients/{patient}", auth=(USER, PASSWORD), timeout=30)

@@ -260,7 +260,6 @@ def test_outputs_of_another_model_or_level_are_refused(package, tmp_path):
 def test_results_of_each_study_are_stored_into_the_pacs(
     export, package, orthanc, monkeypatch, tmp_path
 ):
-    import requests
     from orthanc_server import CAD_AET, PASSWORD, USER
 
     out, dicom_out = tmp_path / "predictions.csv", tmp_path / "dicom"
@@ -270,20 +269,19 @@ def test_results_of_each_study_are_stored_into_the_pacs(
     run = start(package, out, "--dicom-out", str(dicom_out), "--send-results",
                 "--pacs", orthanc.dimse_url, "--calling-aet", CAD_AET)  # fmt: skip
     assert set(send(run.port, images)) == {0x0000}
-    wait_for_scored(run, out, 1, "results-stored")
-    assert run.stop() == 128 + signal.SIGTERM, run.text()
-    rows = received(out)
-    assert [r["outcome"] for r in rows] == ["scored", "results-stored"], rows
-    assert rows[1]["instances"] == "2" and rows[1]["reason"] == f"into {orthanc.dimse_url}"
-    [sr_path] = dicom_out.glob("*/sr.dcm")
-    sr = pydicom.dcmread(sr_path)
-    assert str(sr.StudyInstanceUID) == str(pydicom.dcmread(images[0]).StudyInstanceUID)
-    hits = requests.post(
-        orthanc.http + "/tools/lookup", data=str(sr.SOPInstanceUID), auth=(USER, PASSWORD),
-        timeout=30,
-    ).json()  # fmt: skip
-    assert [h["Type"] for h in hits] == ["Instance"]
-    assert PASSWORD not in run.text() and USER not in run.text()
+    try:
+        wait_for_scored(run, out, 1, "results-stored")
+        assert run.stop() == 128 + signal.SIGTERM, run.text()
+        rows = received(out)
+        assert [r["outcome"] for r in rows] == ["scored", "results-stored"], rows
+        assert rows[1]["instances"] == "2" and rows[1]["reason"] == f"into {orthanc.dimse_url}"
+        [sr_path] = dicom_out.glob("*/sr.dcm")
+        sr = pydicom.dcmread(sr_path)
+        assert str(sr.StudyInstanceUID) == str(pydicom.dcmread(images[0]).StudyInstanceUID)
+        assert [h["Type"] for h in orthanc.lookup(str(sr.SOPInstanceUID))] == ["Instance"]
+        assert PASSWORD not in run.text() and USER not in run.text()
+    finally:  # the Orthanc fixture is shared: later tests expect only the export in it
+        orthanc.remove(dicom_out.rglob("*.dcm"))
 
 
 def test_a_second_listener_on_the_same_outputs_or_a_taken_port_is_refused(package, tmp_path):

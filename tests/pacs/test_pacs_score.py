@@ -222,7 +222,6 @@ def test_send_results_stores_each_studys_sr_into_its_own_study(orthanc, package,
     """--pacs + --dicom-out + --send-results: the SR of every scored study goes back into
     that study in the PACS (and is removed again, the Orthanc fixture is shared)."""
     import pydicom
-    import requests
 
     if not orthanc.dicomweb:
         pytest.skip("the Orthanc DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
@@ -240,23 +239,15 @@ def test_send_results_stores_each_studys_sr_into_its_own_study(orthanc, package,
     assert result.exit_code == 1, result.output  # the study's own SR is not an image
     written = sorted(results.rglob("sr.dcm"))
     assert written and "results stored into the PACS" in result.output
-    stored = []
     try:
         for path in written:
             sr = pydicom.dcmread(path)
-            hits = requests.post(
-                orthanc.http + "/tools/lookup",
-                data=str(sr.SOPInstanceUID),
-                auth=(USER, PASSWORD),
-                timeout=30,
-            ).json()
+            hits = orthanc.lookup(str(sr.SOPInstanceUID))
             assert [h["Type"] for h in hits] == ["Instance"]
-            stored.append(hits[0]["ID"])
             study = orthanc.get(f"/instances/{hits[0]['ID']}/study").json()
             assert study["MainDicomTags"]["StudyInstanceUID"] == sr.StudyInstanceUID
-    finally:
-        for instance in stored:
-            requests.delete(f"{orthanc.http}/instances/{instance}", auth=(USER, PASSWORD))
+    finally:  # the Orthanc fixture is shared: leave only the export in it
+        orthanc.remove(results.rglob("*.dcm"))
     assert PASSWORD not in result.output
 
 
