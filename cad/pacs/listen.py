@@ -52,8 +52,9 @@ class Listener:
             ae.require_calling_aet = list(self.opts.allow_aet)
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:  # others are refused per object, typed
-            syntaxes = DECODABLE if context.abstract_syntax in ACCEPTED else None
-            ae.add_supported_context(context.abstract_syntax, syntaxes)
+            abstract = context.abstract_syntax
+            if abstract is not None:  # always set in pynetdicom's list; typed Optional
+                ae.add_supported_context(abstract, DECODABLE if abstract in ACCEPTED else None)
         return ae
 
     def serve(self) -> None:
