@@ -49,7 +49,15 @@ def start(package: Path, out: Path, *extra: str) -> Listening:
                "--port", "0", "--workers", "0", "--batch-size", "8", *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     with open(log, "w") as handle:
-        proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        # SIGINT as a terminal gives it: a test runner started in the background (bash
+        # without job control) passes SIGINT ignored, and the listener would keep it so
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     while proc.poll() is None:
         if found := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()):
             return Listening(proc, int(found.group(1)), log)
