@@ -159,20 +159,26 @@ class MatmulLimit:
     ceiling sees the same background load as the workloads.
     """
 
-    def __init__(self, n: int = 2048, tries: int = 3, native_only: bool = True) -> None:
+    def __init__(
+        self, n: int = 2048, tries: int = 3, native_only: bool = True, int8: bool = False
+    ) -> None:
         from cad.cpu import cpu_info
 
         self.n, self.tries = n, tries
         # bf16 on a CPU without AVX-512 BF16/AMX is emulated (about 20 GFLOP/s): measuring it
         # between rounds costs minutes and no side runs in it, so only native precisions
         self.labels = ("fp32", "bf16") if cpu_info().bf16 or not native_only else ("fp32",)
-        self.samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        self.cpu_samples: dict[str, list[float]] = {"fp32": [], "bf16": []}  # per CPU-second
+        # int8 (cad.quantize, for sides that run it): the same 3x3 convolution quantized,
+        # 2 "FLOPs" per int8 multiply-add; torch has no public int8 GEMM to time beside it
+        self.labels += ("int8",) if int8 else ()
+        self.samples: dict[str, list[float]] = {"fp32": [], "bf16": [], "int8": []}
+        self.cpu_samples: dict[str, list[float]] = {"fp32": [], "bf16": [], "int8": []}
         self.parts: dict[str, list[float]] = {
             "mm_fp32": [],
             "mm_bf16": [],
             "conv_fp32": [],
             "conv_bf16": [],
+            "conv_int8": [],
         }
 
     def _best(self, fn: Callable[[], Any]) -> tuple[float, float]:
@@ -190,6 +196,8 @@ class MatmulLimit:
         import torch
 
         gen = torch.Generator().manual_seed(0)
+        if "int8" in self.labels:
+            self._measure_int8(gen)
         for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             if label not in self.labels:
                 continue
@@ -209,6 +217,23 @@ class MatmulLimit:
             self.parts[f"conv_{label}"].append(cv)
             self.samples[label].append(max(mm, cv))
             self.cpu_samples[label].append(max(mm_flops / mm_cpu, flops / cv_cpu) / 1e9)
+
+    def _measure_int8(self, gen: Any) -> None:
+        import torch
+
+        from cad.quantize import quantize_int8
+
+        conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+        x = torch.randn(32, 256, 24, 24, generator=gen).contiguous(
+            memory_format=torch.channels_last
+        )
+        quantized = quantize_int8(conv.to(memory_format=torch.channels_last), [x])
+        flops = 2 * 32 * 24 * 24 * 256 * 256 * 9
+        with torch.inference_mode():
+            wall, cpu = self._best(lambda: quantized(x))
+        self.parts["conv_int8"].append(flops / wall / 1e9)
+        self.samples["int8"].append(flops / wall / 1e9)
+        self.cpu_samples["int8"].append(flops / cpu / 1e9)
 
     def best(self, label: str) -> float:
         label = label if label in self.labels else "fp32"
@@ -412,7 +437,7 @@ def add_common_args(parser: Any) -> None:
         default="native",
         choices=["native", "avx2"],
         help="avx2: re-run in the emulated AVX2-only class (ATEN_CPU_CAPABILITY=avx2, "
-        "ONEDNN_MAX_CPU_ISA=AVX2); figures are labelled emulated",
+        "ONEDNN_MAX_CPU_ISA=AVX2, FBGEMM_ENABLE_INSTRUCTIONS=AVX2); figures are labelled emulated",
     )
 
 

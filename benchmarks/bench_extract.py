@@ -38,6 +38,9 @@ a variant is ``+``-joined tokens applied to cad's path:
             channels_last, no bf16): the features a user gets when they must match fp32;
 ``bf16``    cad's path forced to bf16 (skipped, with the reason printed, on a CPU without
             native bf16, where it would be emulated at a tenth of fp32's speed);
+``int8``    cad's path with ``extract.quantize: int8`` (:mod:`cad.quantize`: the frozen
+            fp32 module quantized, calibrated on the first 64 images; its "% limit" is
+            of a quantized 3x3 convolution's rate, measured in the same rounds);
 ``fp32cl``  (alone) the fp32 script with channels_last; ``fp32+tN`` the fp32 script on N
             threads.
 e.g. ``--variants compile,cadcompile,nocl+b64,t1,fp32+t1``.
@@ -236,8 +239,10 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
                 print(f"  {variant}: skipped: this CPU ({cpu_info().cpu_class}) has no native bf16")
                 continue
             amp = torch.bfloat16
+        int8 = "int8" in tokens
+        amp = None if int8 else amp
         vrt = Runtime(runtime.device, amp, "nocl" not in tokens)
-        precision_of[variant] = "fp32" if amp is None else "bf16"
+        precision_of[variant] = "int8" if int8 else "fp32" if amp is None else "bf16"
         if "compile" in tokens and "cadcompile" not in tokens:
             start = time.perf_counter()
             fn = compiled_extractor(model, nodes, normalize, vrt, vbs, images.shape[1:])
@@ -248,8 +253,8 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
                 model, nodes, images, normalize, vrt, vbs, compile="on"
             )
         else:
-            sides[variant] = lambda vrt=vrt, vbs=vbs: extract_features(
-                model, nodes, images, normalize, vrt, vbs
+            sides[variant] = lambda vrt=vrt, vbs=vbs, int8=int8: extract_features(
+                model, nodes, images, normalize, vrt, vbs, quantize="int8" if int8 else "off"
             )
         sides[variant] = with_threads(threads, sides[variant])
 
@@ -405,7 +410,7 @@ def main() -> None:
         flush=True,
     )
 
-    limit = MatmulLimit()
+    limit = MatmulLimit(int8=any("int8" in v.split("+") for v in variants))
     results = {}
     for name in args.backbones.split(","):
         results[name] = bench_backbone(name, data, args, limit, variants)
@@ -432,7 +437,7 @@ def main() -> None:
         "of the precision each side ran in, max|dF1| within the noise floor"
     )
     for name, r in results.items():
-        for side in [s for s in r["sides"] if s in ("cad", "compile", "cadcompile")]:
+        for side in [s for s in r["sides"] if s in ("cad", "compile", "cadcompile", "int8")]:
             row = r["sides"][side]
             df1 = r.get("probe", {}).get(side, {}).get("max_abs_df1_vs_fp32", float("nan"))
             label = "cad" if side == "cad" else f"cad {side}"

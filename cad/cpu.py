@@ -20,8 +20,15 @@ import torch
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
 
 # What caps a wider CPU to a narrower class: ATen's dispatch (every torch kernel, and what
-# ``precision: auto`` reads) and oneDNN's JIT kernels (convolutions), which ignore ATen's.
-EMULATION_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+# ``precision: auto`` reads), oneDNN's JIT kernels (convolutions, int8 convolutions) and
+# fbgemm's (int8 linear layers and some int8 convolutions); each ignores the others' cap.
+EMULATION_ENV = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -72,17 +79,24 @@ class CpuInfo:
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = "", set[str]()
+    """The model name with its family and model numbers (a VM may report only "AMD EPYC";
+    family 25 is Zen 3/4, 26 is Zen 5, which differ in AVX-512 width), and the flags."""
+    fields: dict[str, str] = {}
+    flags = set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
+            key = key.strip()
+            if key == "flags" and not flags:
                 flags = set(value.split())
+            elif key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
     except OSError:  # not Linux: the ISA level still comes from torch
         pass
-    return model or platform.processor() or "unknown", flags
+    model = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return model, flags
 
 
 @functools.cache

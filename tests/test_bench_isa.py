@@ -18,10 +18,12 @@ def test_avx2_re_executes_the_same_module_with_both_caps(monkeypatch) -> None:
     monkeypatch.setattr(_common.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
     _common.reexec_for_isa(["/x/benchmarks/bench_extract.py", "--isa", "avx2", "--quick"])
     ((argv, env),) = calls
     assert argv[1:] == ["-m", "benchmarks.bench_extract", "--isa", "avx2", "--quick"]
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["FBGEMM_ENABLE_INSTRUCTIONS"] == "AVX2"  # int8 kernels have their own cap
 
 
 def test_no_second_exec_once_the_caps_are_set_and_none_for_native(monkeypatch) -> None:
@@ -29,6 +31,7 @@ def test_no_second_exec_once_the_caps_are_set_and_none_for_native(monkeypatch) -
     _common.reexec_for_isa(["b.py"])
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
     _common.reexec_for_isa(["b.py", "--isa", "avx2"])
 
 

@@ -217,6 +217,19 @@ class ExtractRuntime(Runtime):
 class ExtractConfig(Section):
     pooling: tuple[Literal["avg", "max"], ...] = ("avg",)
     precision: Precision = "auto"
+    quantize: Literal["off", "int8"] = Field(
+        "off",
+        description="int8: the frozen extractor runs int8 (post-training quantization "
+        "calibrated on the first training images; CPU only), the fast path without bf16; "
+        "its features differ from fp32 by a few percent (measured in README Speed)",
+    )
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML reads a bare off as false."""
+        return "off" if value is False else value
+
     runtime: ExtractRuntime = ExtractRuntime()
 
 

@@ -12,6 +12,10 @@ fixed-size batches so it compiles once. ``compile="auto"`` decides from the forw
 (:func:`should_compile`), counted once, against limits that depend on the precision the
 run resolved to and the CPU class (:func:`compile_limits`), so the decision (and therefore
 the features) never depends on timing.
+
+``quantize="int8"`` runs the frozen fp32 module as int8 instead (:mod:`cad.quantize`,
+calibrated on the first images of the set being extracted, which are training images),
+the fast path where bf16 is missing; it is eager, so it never compiles.
 """
 
 from __future__ import annotations
@@ -176,13 +180,19 @@ def extract_features(
     compile: str = "off",
     compile_min_tflop: float | None = None,
     compile_max_gflop_per_image: float | None = None,
+    quantize: str = "off",
 ) -> dict[str, np.ndarray]:
     """Pooled features ``{node: (N, D) float32}`` for ``images`` (N, C, H, W) float32.
 
     ``compile_min_tflop`` / ``compile_max_gflop_per_image`` left at None take
-    :func:`compile_limits` for this runtime and CPU."""
+    :func:`compile_limits` for this runtime and CPU. ``quantize="int8"`` needs a CPU
+    runtime and ignores its bf16 setting (the int8 copy is made from the fp32 module)."""
     from cad.cpu import cpu_info
 
+    if quantize == "int8":
+        return _extract_int8(
+            model, nodes, images, normalize, runtime, batch_size, pooling, progress
+        )
     limits = compile_limits(runtime, cpu_info())
     extractor, needs_autocast = inference_module(
         multi_node_extractor(model, nodes), normalize, runtime
@@ -202,6 +212,22 @@ def extract_features(
     if pad:
         log.info("compiling the extractor (torch.compile, one-off)")
         forward = CompiledOrEager(extractor)
+    return _run_batches(
+        forward, nodes, images, runtime, batch_size, pooling, progress, pad, autocast
+    )
+
+
+def _run_batches(
+    forward: Callable,
+    nodes: Sequence[str],
+    images: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+    pooling: Sequence[str],
+    progress: Callable[[int], None] | None,
+    pad: bool = False,
+    autocast: Callable = contextlib.nullcontext,
+) -> dict[str, np.ndarray]:
     out: dict[str, list[np.ndarray]] = {node: [] for node in nodes}
     for start in range(0, len(images), batch_size):
         chunk = np.array(images[start : start + batch_size], dtype=np.float32)  # writable copy
@@ -218,3 +244,35 @@ def extract_features(
         if progress:
             progress(real)
     return {node: np.concatenate(parts) for node, parts in out.items()}
+
+
+def _extract_int8(
+    model: nn.Module,
+    nodes: Sequence[str],
+    images: np.ndarray,
+    normalize: Normalize,
+    runtime: Runtime,
+    batch_size: int,
+    pooling: Sequence[str],
+    progress: Callable[[int], None] | None,
+) -> dict[str, np.ndarray]:
+    from cad.quantize import CALIBRATION_IMAGES, quantize_int8
+
+    if runtime.device.type != "cpu":
+        from cad.errors import ConfigError
+
+        raise ConfigError(
+            f"extract.quantize: int8 is a CPU path and this machine runs on "
+            f"{runtime.device.type}; set extract.quantize: off (the GPU runs bf16/fp16)"
+        )
+    fp32 = Runtime(runtime.device, None, runtime.channels_last)
+    extractor, _ = inference_module(multi_node_extractor(model, nodes), normalize, fp32)
+    head = np.array(images[:CALIBRATION_IMAGES], dtype=np.float32)
+    calibration = [
+        fp32.batch(torch.from_numpy(head[i : i + batch_size]))
+        for i in range(0, len(head), batch_size)
+    ]
+    log.info("quantizing the extractor to int8 (calibrated on %d training images)", len(head))
+    return _run_batches(
+        quantize_int8(extractor, calibration), nodes, images, fp32, batch_size, pooling, progress
+    )

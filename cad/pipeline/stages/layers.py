@@ -82,7 +82,9 @@ class ExtractStage(Stage[ExtractSettings]):
     def identity(self, settings: ExtractSettings) -> dict[str, Any]:
         from cad.device import resolved_precision
 
-        return {**settings.identity(), "precision": resolved_precision(settings.extract.precision)}
+        cfg = settings.extract
+        precision = "cpu-int8" if cfg.quantize == "int8" else resolved_precision(cfg.precision)
+        return {**settings.identity(), "precision": precision}
 
     def run(
         self,
@@ -102,7 +104,8 @@ class ExtractStage(Stage[ExtractSettings]):
         model, weights_source, nodes = load_backbone(
             settings.backbone, inputs.in_chans, previous, pretrained
         )
-        runtime = select_runtime(cfg.precision, runtime_cfg.channels_last)
+        int8 = cfg.quantize == "int8"
+        runtime = select_runtime("fp32" if int8 else cfg.precision, runtime_cfg.channels_last)
         images = training.images()
         with progress(f"extract {spec.name} r{settings.round}", len(images), "slices") as advance:
             features = extract_features(
@@ -117,6 +120,7 @@ class ExtractStage(Stage[ExtractSettings]):
                 compile=runtime_cfg.compile,
                 compile_min_tflop=runtime_cfg.compile_min_tflop,
                 compile_max_gflop_per_image=runtime_cfg.compile_max_gflop_per_image,
+                quantize=cfg.quantize,
             )
         shapes = node_shapes(model, nodes, inputs.size, inputs.in_chans)
         depth = dict(zip(spec.nodes, spec.node_depths, strict=True))
@@ -124,7 +128,8 @@ class ExtractStage(Stage[ExtractSettings]):
             NodeInfo(node=n, depth=depth.get(n, i), shape=list(shapes[n]))
             for i, n in enumerate(nodes)
         ]
-        index = FeatureIndex(nodes=info, weights_source=weights_source, runtime=describe(runtime))
+        ran = f"{runtime.device.type} (int8, quantized)" if int8 else describe(runtime)
+        index = FeatureIndex(nodes=info, weights_source=weights_source, runtime=ran)
         FeatureSet.write(ctx.out, features, index)
         return {"items": len(images), "weights_source": weights_source}
 
