@@ -12,6 +12,8 @@ A transfer model with random weights cut at the registry's two middle candidate 
 - cad_compiled (``--compile``): the Predictor's frozen module through ``torch.compile``
   (inductor, weight freezing: ``cad.features.extract.CompiledOrEager``), compiled in the
   untimed warm-up; a candidate for where bf16 is missing.
+- cad_int8 (``--int8``): the Predictor's frozen fp32 module quantized to int8
+  (:mod:`cad.quantize`), calibrated on 64 other random slices; another candidate.
 
 Prints slices/s, the ratios, the page faults per slice of each side (the heap's share),
 the largest probability difference between cad and the fp32 forward, and the relative
@@ -95,6 +97,23 @@ def connection_node_error(model: TransferModel, predictor: Predictor, images: np
     return float((ours - reference).abs().max() / reference.abs().max())
 
 
+def int8_predictor(model: TransferModel, size: int, batch_size: int) -> Predictor:
+    """The Predictor on an fp32 runtime with its frozen module quantized to int8,
+    calibrated on 64 random slices that are not the timed ones."""
+    from cad.device import Runtime
+    from cad.quantize import quantize_int8
+
+    fp32 = Runtime(torch.device("cpu"), None, True)
+    predictor = Predictor(model, fp32, batch_size)
+    calibration = np.random.default_rng(1).random((64, 3, size, size), dtype=np.float32)
+    batches = [
+        fp32.batch(torch.from_numpy(calibration[i : i + batch_size]))
+        for i in range(0, 64, batch_size)
+    ]
+    predictor.module = quantize_int8(predictor.module, batches)
+    return predictor
+
+
 def counting_faults(fn, faults: list[int]):
     def run():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -114,6 +133,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add the cad_compiled side")
+    parser.add_argument("--int8", action="store_true", help="add the cad_int8 side")
     args = parser.parse_args()
     if args.quick:
         args.slices, args.reps = 64, 1
@@ -145,6 +165,11 @@ def main() -> None:
         compiled.module = CompiledOrEager(compiled.module)
         faults["cad_compiled"] = []
         sides["cad_compiled"] = counting_faults(lambda: compiled(images), faults["cad_compiled"])
+    if args.int8:
+        faults["cad_int8"] = []
+        sides["cad_int8"] = counting_faults(
+            lambda p=int8_predictor(model, args.size, bs): p(images), faults["cad_int8"]
+        )
     for side, fn in sides.items():  # warm-up: thread pool, kernel choice, heap growth, compile
         start = time.perf_counter()
         fn()
@@ -177,6 +202,14 @@ def main() -> None:
         f"{rates['cad'] / rates['cad_glibc_heap']:.2f}x; max |probability difference| "
         f"{diff:.2e}; connection-node features: max relative difference {feature_err:.4f}"
     )
+    if "cad_int8" in rates:
+        qdiff = float(np.max(np.abs(outputs["cad_int8"] - outputs["plain"])))
+        print(
+            f"cad int8 vs plain fp32: {rates['cad_int8'] / rates['plain']:.2f}x (median "
+            f"{medians['cad_int8'] / medians['plain']:.2f}x); vs cad "
+            f"{rates['cad_int8'] / rates['cad']:.2f}x; max |probability difference| to plain "
+            f"fp32 {qdiff:.2e}"
+        )
     if "cad_compiled" in rates:
         cdiff = float(np.max(np.abs(outputs["cad_compiled"] - outputs["cad"])))
         print(
