@@ -106,7 +106,9 @@ def cpu_info() -> CpuInfo:
     wide = isa.startswith("AVX512")  # ATEN_CPU_CAPABILITY=avx2 emulates an AVX2-only machine
     amx = wide and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     bf16 = amx or (wide and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()))
-    vnni = (wide and "avx512_vnni" in flags) or "avx_vnni" in flags
+    # oneDNN capped at AVX2 (the emulation) also leaves out AVX-VNNI (its avx2_vnni level)
+    capped = (os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in ("SSE41", "AVX", "AVX2")
+    vnni = not capped and ((wide and "avx512_vnni" in flags) or "avx_vnni" in flags)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return CpuInfo(
         model=model,
