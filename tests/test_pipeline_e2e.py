@@ -228,6 +228,28 @@ def test_the_mlflow_ui_opens_on_the_backbone_comparison(smoke, tmp_path):
         assert positions == sorted(positions)
 
 
+def test_a_rerun_that_computes_nothing_adds_no_runs_to_the_comparison(smoke):
+    """Every stage reused, logged before to the same store: the summary points at the
+    earlier runs and MLflow holds no duplicate rows; a deleted earlier run is logged anew."""
+    cfg, workdir, _ = smoke
+    before = json.loads((workdir / "summary.json").read_text())["tracking"]
+    client = MlflowClient(before["uri"])
+    experiment = client.get_run(before["parent_run_id"]).info.experiment_id
+    count = len(client.search_runs([experiment]))
+    again = run_pipeline(cfg, workdir)
+    assert all(r.reused for r in again.records)
+    after = json.loads((workdir / "summary.json").read_text())
+    assert after["tracking"]["parent_run_id"] == before["parent_run_id"]
+    assert after["tracking"]["child_runs"] == before["child_runs"]
+    assert [r["mlflow_run_id"] for r in after["results"]] == list(before["child_runs"].values())
+    assert len(client.search_runs([experiment])) == count
+    client.delete_run(before["parent_run_id"])  # the user removed it: log the run again
+    run_pipeline(cfg, workdir)
+    relogged = json.loads((workdir / "summary.json").read_text())["tracking"]
+    assert relogged["ok"] and relogged["parent_run_id"] != before["parent_run_id"]
+    assert not set(relogged["child_runs"].values()) & set(before["child_runs"].values())
+
+
 def test_no_phi_in_any_output(smoke):
     _, workdir, result = smoke
     dicom_root = (

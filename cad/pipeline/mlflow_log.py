@@ -13,6 +13,7 @@ are recorded in the summary and the report, artifacts stay on disk.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from pathlib import Path
@@ -20,11 +21,14 @@ from pathlib import Path
 from cad import __version__
 from cad.artifacts.summary import ChainSummary, RunDir, RunSummary, TrackingSummary
 from cad.config import dump_config, flatten_params, redact_paths
+from cad.errors import CadError
 from cad.evaluate.metrics import METRICS
 from cad.pipeline.finish import relative_depths
 from cad.pipeline.result import ChainArtifacts, RunResult
 from cad.tracking import Tracker, default_tracking_uri, redact_uri
 from cad.tracking.views import VIEW_TAG, comparison_link, comparison_view
+
+log = logging.getLogger("cad.tracking")
 
 
 def git_commit() -> str:
@@ -145,6 +149,29 @@ def _log_chain(
     return run
 
 
+def logged_before(
+    result: RunResult, summary: RunSummary, tracker: Tracker
+) -> TrackingSummary | None:
+    """The previous invocation's tracking block when this one computed nothing: every stage
+    reused with the same keys, that invocation logged without failures to this store, and
+    its runs are still there. A rerun then adds no duplicate rows to the comparison."""
+    if not summary.stages or not all(r.reused for r in summary.stages):
+        return None
+    try:
+        before = result.workdir.read_summary()
+    except (CadError, ValueError, OSError):  # none yet, or unreadable: log anew
+        return None
+    tracking = before.tracking
+    if tracking is None or not tracking.ok or tracking.uri != redact_uri(tracker.uri):
+        return None
+    if [(s.label, s.key) for s in before.stages] != [(s.label, s.key) for s in summary.stages]:
+        return None
+    runs = [tracking.parent_run_id, *tracking.child_runs.values()]
+    if not all(run and tracker.finished_run(run) for run in runs):
+        return None
+    return tracking
+
+
 def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
     """Log everything; returns the tracking block of summary.json."""
     cfg = result.config
@@ -153,6 +180,12 @@ def log_run(result: RunResult, summary: RunSummary) -> TrackingSummary:
     tracker = Tracker(
         uri, experiment, retries=cfg.tracking.retries, timeout_s=cfg.tracking.timeout_s
     )
+    previous = logged_before(result, summary, tracker)
+    if previous is not None:
+        for info in summary.results:
+            info.mlflow_run_id = previous.child_runs.get(f"{info.backbone}/{info.round}")
+        log.info("MLflow: nothing new to log; this run is parent run %s", previous.parent_run_id)
+        return previous
     base_tags = {
         "cad_version": __version__,
         "git_commit": git_commit(),

@@ -186,6 +186,17 @@ class Tracker:
             self._experiment_id = None if found is _FAILED else str(found)
         return self._experiment_id
 
+    def finished_run(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a finished, not deleted run of this store (no failure is
+        recorded when it is not: a missing run is an answer, not an outage)."""
+        if self._client is None or self._down:
+            return False
+        try:
+            run = self._client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - unknown id, deleted store, server down: not there
+            return False
+        return run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+
     def start_run(
         self,
         name: str,
