@@ -103,15 +103,13 @@ def int8_predictor(model: TransferModel, size: int, batch_size: int) -> Predicto
     ones; the head stays fp32 (its pooling branches on the input's rank, which FX cannot
     trace)."""
     from cad.device import Runtime
-    from cad.quantize import quantize_int8
+    from cad.quantize import CALIBRATION_IMAGES, calibration_batches, quantize_int8
 
     fp32 = Runtime(torch.device("cpu"), None, True)
     predictor = Predictor(model, fp32, batch_size)
-    calibration = np.random.default_rng(1).random((64, 3, size, size), dtype=np.float32)
-    batches = [
-        fp32.batch(torch.from_numpy(calibration[i : i + batch_size]))
-        for i in range(0, 64, batch_size)
-    ]
+    shape = (CALIBRATION_IMAGES, 3, size, size)
+    calibration = np.random.default_rng(1).random(shape, dtype=np.float32)
+    batches = calibration_batches(calibration, fp32.batch, batch_size)
     normalize, body, select, head = predictor.module
     quantized = quantize_int8(torch.nn.Sequential(normalize, body), batches)
     predictor.module = torch.nn.Sequential(quantized, select, head)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,33 @@ CALIBRATION_IMAGES = 64  # the first images of the training set; ranges settle b
 def int8_supported() -> bool:
     """Whether this torch build has the x86 int8 kernels (every x86-64 wheel does)."""
     return ENGINE in torch.backends.quantized.supported_engines
+
+
+class Quantized(nn.Module):
+    """An int8 module whose forward does not repeat the quantized ``cat``'s warning that its
+    inputs have different scales (it requantizes them; what that costs is measured, README
+    "Speed"), once per concatenation of every network with branches."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*share the same quantization param.*")
+            return self.module(x)
+
+
+def calibration_batches(
+    images: np.ndarray, to_input: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> list[torch.Tensor]:
+    """The first :data:`CALIBRATION_IMAGES` of ``images`` as input batches (``to_input``:
+    e.g. ``Runtime.batch``, so they arrive in the layout the module will see)."""
+    head = np.array(images[:CALIBRATION_IMAGES], dtype=np.float32)
+    return [
+        to_input(torch.from_numpy(head[i : i + batch_size]))
+        for i in range(0, len(head), batch_size)
+    ]
 
 
 def quantize_int8(module: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:
@@ -53,4 +81,4 @@ def quantize_int8(module: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.
         with torch.no_grad():  # observers update buffers: not under inference_mode
             for batch in calibration:
                 prepared(batch)
-        return convert_fx(prepared).eval()
+        return Quantized(convert_fx(prepared)).eval()

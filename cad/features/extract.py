@@ -256,7 +256,7 @@ def _extract_int8(
     pooling: Sequence[str],
     progress: Callable[[int], None] | None,
 ) -> dict[str, np.ndarray]:
-    from cad.quantize import CALIBRATION_IMAGES, quantize_int8
+    from cad.quantize import calibration_batches, quantize_int8
 
     if runtime.device.type != "cpu":
         from cad.errors import ConfigError
@@ -267,12 +267,9 @@ def _extract_int8(
         )
     fp32 = Runtime(runtime.device, None, runtime.channels_last)
     extractor, _ = inference_module(multi_node_extractor(model, nodes), normalize, fp32)
-    head = np.array(images[:CALIBRATION_IMAGES], dtype=np.float32)
-    calibration = [
-        fp32.batch(torch.from_numpy(head[i : i + batch_size]))
-        for i in range(0, len(head), batch_size)
-    ]
-    log.info("quantizing the extractor to int8 (calibrated on %d training images)", len(head))
+    calibration = calibration_batches(images, fp32.batch, batch_size)
+    used = sum(len(batch) for batch in calibration)
+    log.info("quantizing the extractor to int8 (calibrated on %d training images)", used)
     return _run_batches(
         quantize_int8(extractor, calibration), nodes, images, fp32, batch_size, pooling, progress
     )
