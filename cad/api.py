@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cad.artifacts.pretrained import PretrainedWeights
 from cad.artifacts.summary import RunDir
 from cad.config import PipelineConfig, dump_config, redact_paths
 from cad.distributed import World, joined
@@ -21,13 +22,13 @@ from cad.errors import ConfigError, WeightsError, did_you_mean, look_up_option
 from cad.phi import Pseudonymizer, load_secret
 from cad.pipeline.executors import EXECUTORS, RayOptions, run_graph
 from cad.pipeline.finish import finish_run
-from cad.pipeline.graph import STAGE_NAMES, ChainId, Graph, build_graph
+from cad.pipeline.graph import PRETRAIN, STAGE_NAMES, ChainId, Graph, build_graph
 from cad.pipeline.result import RunResult, collect
 from cad.pipeline.runner import Runner
 from cad.scoring.api import score_folder
 
 log = logging.getLogger("cad")
-__all__ = ["follow_pipeline", "preflight", "run_pipeline", "score_folder"]
+__all__ = ["follow_pipeline", "preflight", "pretrain_pipeline", "run_pipeline", "score_folder"]
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -89,6 +90,34 @@ def run_pipeline(
         world.stop()  # the other ranks exit; rank 0 finishes the run (summary, MLflow) alone
     result.summary = finish_run(result, started, track=track)
     return result
+
+
+def pretrain_pipeline(
+    cfg: PipelineConfig, workdir: str | Path, backbones: Sequence[str]
+) -> list[tuple[PretrainedWeights, bool]]:
+    """Run the pretrain stages of ``cfg``'s ``backbones`` (and the data stages a contrastive
+    method reads) in ``workdir``: what ``cad pretrain --pipeline P --workdir W`` does.
+    Returns each artifact and whether its weights were reused (workdir or user cache)."""
+    run_dir = RunDir(workdir)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    preflight(cfg)
+    secret = load_secret(run_dir.root)
+    graph = build_graph(cfg, Pseudonymizer(secret).key("secret", "fingerprint"))
+    nodes = {n.chain.backbone: n for n in graph if n.stage is PRETRAIN and n.chain is not None}
+    runner = Runner(run_dir, secret)
+    out = []
+    for name in backbones:
+        if name not in nodes:
+            raise ConfigError(
+                f"backbone {name}: the pipeline does not pretrain it (it is not among its "
+                "backbones, or its weights are there); pretrained backbones: "
+                f"{', '.join(nodes) or 'none'}"
+            )
+        artifact = runner.run_node(nodes[name])
+        assert isinstance(artifact, PretrainedWeights)
+        reused = runner.records[-1].reused or bool(artifact.meta.get("cache_reused"))
+        out.append((artifact, reused))
+    return out
 
 
 def follow_pipeline(cfg: PipelineConfig, workdir: str | Path, executor: str = "local") -> int:

@@ -24,18 +24,20 @@ class PretrainRecord(BaseModel):
 
     backbone: str
     in_chans: int
-    method: str  # e.g. "shapes-1": the source and its rendering version
+    method: str  # e.g. "shapes-1", "shapes-1+contrastive-1": the source(s) and versions
     key: str  # the content key of the cache entry
     steps: int
     batch_size: int
     size: int
-    classes: int
-    source_accuracy: float  # on the source task over the last steps (chance 1/classes)
+    classes: int  # shapes: the source's classes; contrastive: the candidates of each view
+    # on the task over the last steps (chance 1/classes); contrastive: views matched
+    source_accuracy: float
     loss: list[float]
     precision: str
     seed: int
     wall_s: float
     sha256: str
+    start: PretrainRecord | None = None  # the weights a contrastive phase started from
 
     @property
     def learned(self) -> bool:
@@ -44,9 +46,16 @@ class PretrainRecord(BaseModel):
 
     @property
     def label(self) -> str:
-        """One line for tables and tags, e.g. ``pretrain:shapes-1 300 steps (acc 0.41)``."""
-        acc = f"source acc {self.source_accuracy:.2f}" + ("" if self.learned else ", NOT LEARNED")
-        return f"pretrain:{self.method} {self.steps} steps ({acc})"
+        """One line for tables and tags, e.g. ``pretrain:shapes-1 300 steps (source acc
+        0.41)`` or ``pretrain:shapes-1+contrastive-1 300+200 steps (source acc 0.23, views
+        matched 0.61)``."""
+        last = self.method.rsplit("+", 1)[-1]
+        what = "views matched" if last.startswith("contrastive") else "source acc"
+        acc = f"{what} {self.source_accuracy:.2f}" + ("" if self.learned else ", NOT LEARNED")
+        if self.start is None:
+            return f"pretrain:{self.method} {self.steps} steps ({acc})"
+        first = self.start.label.split(" (", 1)[1].rstrip(")")
+        return f"pretrain:{self.method} {self.start.steps}+{self.steps} steps ({first}, {acc})"
 
 
 def read_record(directory: Path) -> PretrainRecord:

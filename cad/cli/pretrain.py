@@ -27,15 +27,24 @@ def pretrain(
         list[str] | None,
         typer.Option("--set", help="Override a config value, e.g. --set pretrain.steps=2000."),
     ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A contrastive pretrain.method: the pipeline's workdir, where its data "
+            "stages run (the training patients' slices are what it learns from)."
+        ),
+    ] = None,
 ) -> None:
-    """Pretrain backbones on procedural shape classes (no patient data, no download) and
-    cache the weights (``$CAD_CACHE`` or next to torch's hub cache). A rerun reuses them;
-    a killed run resumes from its last checkpoint. `cad run` does the same on its own for
-    backbones with ``weights: pretrain`` or ``fallback: pretrain``."""
+    """Pretrain backbones on procedural shape classes (no patient data, no download), or
+    contrastively on a pipeline's training slices (``pretrain.method``), and cache the
+    weights (``$CAD_CACHE`` or next to torch's hub cache). A rerun reuses them; a killed
+    run resumes from its last checkpoint. `cad run` does the same on its own for backbones
+    with ``weights: pretrain`` or ``fallback: pretrain``."""
     from rich.table import Table
 
     from cad.backbones import get_spec
     from cad.config import PipelineConfig, load_config, validate
+    from cad.errors import ConfigError
     from cad.pretrain import ensure_pretrained
 
     setup_logging()
@@ -52,15 +61,29 @@ def pretrain(
     table = Table(title="cad pretrain")
     for column in ("backbone", "steps", "source accuracy", "chance", "cache", "weights file"):
         table.add_column(column, no_wrap=column != "weights file", overflow="fold")
-    for name in names:
-        cached = ensure_pretrained(name, cfg.input.in_chans, cfg.pretrain)
-        record = cached.record
+    if cfg.pretrain.uses_slices:
+        if pipeline is None or workdir is None:
+            raise ConfigError(
+                f"pretrain.method {cfg.pretrain.method}: contrastive pretraining learns from a "
+                "pipeline's training slices: give --pipeline P and --workdir W"
+            )
+        from cad.api import pretrain_pipeline
+
+        made = [
+            (a.record(), reused, a.weights) for a, reused in pretrain_pipeline(cfg, workdir, names)
+        ]
+    else:
+        made = []
+        for name in names:
+            cached = ensure_pretrained(name, cfg.input.in_chans, cfg.pretrain)
+            made.append((cached.record, cached.reused, cached.weights))
+    for record, reused, weights in made:
         table.add_row(
-            name,
+            record.backbone,
             str(record.steps),
             f"{record.source_accuracy:.3f}",
             f"{1 / record.classes:.3f}",
-            "reused" if cached.reused else f"trained in {record.wall_s:.0f} s",
-            str(cached.weights),
+            "reused" if reused else f"trained in {record.wall_s:.0f} s",
+            str(weights),
         )
     print_table(table)

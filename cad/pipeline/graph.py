@@ -223,7 +223,9 @@ def _model_chain(
         settings = PretrainSettings(
             backbone=backbone.name, in_chans=in_chans, pretrain=cfg.pretrain
         )
-        pretrain = graph.add(PRETRAIN, settings, {}, chain)
+        slices = cfg.pretrain.uses_slices  # contrastive: the training patients' pixels
+        inputs = {"images": train.images, "splits": train.split} if slices else {}
+        pretrain = graph.add(PRETRAIN, settings, inputs, chain)
     extract = graph.add(
         EXTRACT,
         ExtractSettings(backbone=backbone, round=round_, extract=cfg.extract),

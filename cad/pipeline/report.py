@@ -28,8 +28,10 @@ def _warnings(summary: RunSummary) -> list[str]:
         lines += [
             "> **Weights:** "
             + "; ".join(f"{c.backbone}: {c.weights_source}" for c in offline)
-            + ". These come from cad's offline source (procedural shape classes, no patient "
-            "data), not from ImageNet."
+            + ". These come from cad's offline source, not from ImageNet: shapes-N is "
+            "procedural shape classes (no patient data), contrastive-N self-supervised "
+            "learning on the training patients' slices (pixels only: no label, no validation "
+            "or test patient)."
             + (
                 " **NOT LEARNED** marks a backbone whose pretraining did not learn the source "
                 "task (accuracy below twice chance): its weights are close to random."

@@ -4,10 +4,12 @@ or held-out patient can reach the weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -93,10 +95,11 @@ def _pretrain_key(overrides: list[str]) -> str:
 
 
 def test_no_label_and_no_held_out_patient_reaches_the_weights():
-    """The pretrain stage reads no artifact, so its key, and with it the weights, cannot
-    depend on the data: other labels (lesion patients), other patients' pixels, other
-    splits give the same key; its own settings do change it."""
-    assert PRETRAIN.inputs == {}
+    """The shapes pretrain stage reads no artifact, so its key, and with it the weights,
+    cannot depend on the data: other labels (lesion patients), other patients' pixels,
+    other splits give the same key; its own settings do change it."""
+    graph = build_graph(load_config("pipelines/smoke.yaml", []), "fingerprint")
+    assert [dict(n.inputs) for n in graph if n.stage is PRETRAIN] == [{}]
     base = _pretrain_key([])
     for changed in (
         ["data.phantom.lesion_fraction=0.3"],  # other labels
@@ -203,3 +206,136 @@ def test_networks_without_normalization_train_at_the_scaled_lr(monkeypatch):
     pretrain("lenet5", 1, cfg)
     pretrain("resnet18", 1, cfg)
     assert seen == [pytest.approx(1e-4), pytest.approx(1e-3)]
+
+
+CONTRASTIVE = PretrainConfig.model_validate(
+    {
+        **TINY.model_dump(),
+        "method": "contrastive",
+        "contrastive": {"steps": 4, "batch_size": 4, "size": 32},
+    }
+)
+
+
+def _slices(n: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 40, 40, generator=torch.Generator().manual_seed(seed))
+
+
+def test_contrastive_views_pair_up_and_the_loss_finds_pairs():
+    from cad.pretrain.contrastive import SliceViews, nt_xent
+
+    views = SliceViews(_slices(), CONTRASTIVE.contrastive)
+    a = views.batch(4, 32, torch.Generator().manual_seed(1))
+    b = views.batch(4, 32, torch.Generator().manual_seed(1))
+    assert a.shape == (8, 3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a[:4], a[4:])  # two different views of the same slices
+    assert views.candidates == 7
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    loss, found = nt_xent(torch.cat([z, z + 0.01]), 0.2)
+    mismatched, none = nt_xent(torch.cat([z, z.roll(1, 0)]), 0.2)  # partner of i is i - 1
+    assert found == 8 and none == 0 and float(loss) < 0.2 < float(mismatched)
+
+
+def test_contrastive_weights_fit_the_network_and_resume_to_the_same_weights(tmp_path):
+    slices = _slices()
+    whole = pretrain("resnet18", 3, CONTRASTIVE, tmp_path / "a", slices=slices)
+    reference = create_backbone("resnet18", "random", 3).model.state_dict()
+    assert set(whole.state) == set(reference) and whole.classes == 7
+
+    def die_at_step_3(n: int, seen=[0]) -> None:  # noqa: B006  (counts calls across steps)
+        seen[0] += n
+        if seen[0] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain("resnet18", 3, CONTRASTIVE, tmp_path / "b", die_at_step_3, slices=slices)
+    resumed = pretrain("resnet18", 3, CONTRASTIVE, tmp_path / "b", slices=slices)
+    assert resumed.resumed_at == 2 and resumed.loss == whole.loss
+    for key, value in whole.state.items():
+        assert torch.equal(value, resumed.state[key]), key
+
+
+def test_shapes_then_contrastive_starts_from_the_shared_shapes_entry():
+    both = CONTRASTIVE.model_copy(update={"method": "shapes+contrastive"})
+    shapes_only = TINY.model_copy(update={"method": "shapes"})
+    with pytest.raises(Exception, match="training patients' slices"):
+        ensure_pretrained("resnet18", 3, both)
+    cached = ensure_pretrained("resnet18", 3, both, _slices())
+    record = cached.record
+    assert record.method == "shapes-1+contrastive-1" and record.start is not None
+    assert record.label.startswith("pretrain:shapes-1+contrastive-1 4+4 steps (source acc ")
+    assert "views matched" in record.label
+    first = ensure_pretrained("resnet18", 3, shapes_only)
+    assert first.reused and first.record.key == record.start.key  # one shapes entry for both
+    assert not torch.equal(
+        load_file(str(first.weights))["conv1.weight"],
+        load_file(str(cached.weights))["conv1.weight"],
+    )
+    assert ensure_pretrained("resnet18", 3, both, _slices()).reused
+    assert not ensure_pretrained("resnet18", 3, both, _slices(seed=1)).reused  # other pixels
+
+
+class _Images:
+    """An ImageSet's two readers over arrays (labels and pixels edited freely)."""
+
+    def __init__(self, images, samples):
+        self._images, self._samples = images, samples
+
+    def images(self):
+        return self._images
+
+    def samples(self):
+        return self._samples
+
+
+def test_contrastive_pretraining_sees_only_the_training_patients_pixels(tmp_path):
+    """The stage reads the images and the split, and hands the loop the training patients'
+    rows only: other labels or other validation/test pixels give the same slices and the
+    same cache key, hence the same weights; a training pixel changes them."""
+    from cad.api import RunDir
+    from cad.pipeline.runner import Runner
+    from cad.pipeline.stages.pretrain import training_slices
+    from cad.pretrain.cache import slices_digest, weights_key
+
+    cfg = load_config("pipelines/smoke.yaml", ["pretrain.method=contrastive"])
+    graph = build_graph(cfg, "fingerprint")
+    (node,) = [n for n in graph if n.stage is PRETRAIN]
+    assert set(node.inputs) == {"images", "splits"}
+    assert node.inputs["images"] is graph.data.images and node.inputs["splits"] is graph.data.split
+    runner = Runner(RunDir(tmp_path), b"s" * 32)
+    images, splits = runner.run_node(graph.data.images), runner.run_node(graph.data.split)
+    assignment = splits.assignment()
+    samples, pixels = images.samples(), np.array(images.images())
+    train = [i for i, s in enumerate(samples) if s.patient in set(assignment.train)]
+    held_out = [i for i, s in enumerate(samples) if s.patient not in set(assignment.train)]
+    assert train and held_out
+    base = training_slices(images, splits)
+    assert torch.equal(base, torch.from_numpy(pixels[train]))
+
+    def key(slices):
+        return weights_key("resnet18", 3, cfg.pretrain, slices_digest(slices))
+
+    relabelled = [dataclasses.replace(s, label=1 - s.label) for s in samples]
+    assert torch.equal(training_slices(_Images(pixels, relabelled), splits), base)
+    noisy = pixels.copy()
+    noisy[held_out] = np.random.default_rng(0).random(noisy[held_out].shape)
+    assert torch.equal(training_slices(_Images(noisy, samples), splits), base)
+    changed = pixels.copy()
+    changed[train[0], 0, 0, 0] += 1
+    assert key(training_slices(_Images(changed, samples), splits)) != key(base)
+
+
+def test_cli_pretrains_contrastively_inside_a_pipeline_workdir(tmp_path):
+    args = [sys.executable, "-m", "cad", "pretrain", "--set", "pretrain.method=contrastive"]
+    refused = subprocess.run(args, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--workdir" in refused.stdout + refused.stderr
+    args += ["--pipeline", "pipelines/smoke.yaml", "--workdir", str(tmp_path)]
+    for item in ("steps=2", "batch_size=4", "size=32"):
+        args += ["--set", f"pretrain.contrastive.{item}"]
+    first = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "trained in" in first.stdout + first.stderr
+    assert list(tmp_path.glob("artifacts/split-*")) and list(tmp_path.glob("artifacts/pretrain-*"))
+    second = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "reused" in second.stdout + second.stderr
+    other = subprocess.run([*args, "vgg16"], capture_output=True, text=True)
+    assert other.returncode == 2 and "does not pretrain it" in other.stdout + other.stderr
