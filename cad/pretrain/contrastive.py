@@ -26,6 +26,13 @@ VERSION = "contrastive-1"  # bump when the views or the loss change: part of the
 PROJECTION = (512, 128)  # hidden and output width of the projection head
 
 
+def pooled_output(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's output as (N, D): spatially averaged when it is a map."""
+    out = backbone(x)
+    out = getattr(out, "logits", out)  # Inception/GoogLeNet outputs in train mode
+    return out.flatten(2).mean(2) if out.dim() > 2 else out
+
+
 class Projected(nn.Module):
     """The backbone's output (spatially averaged when it is a map) through an MLP head."""
 
@@ -34,17 +41,12 @@ class Projected(nn.Module):
         self.backbone = backbone
         with torch.no_grad():
             backbone.eval()
-            dim = self._raw(torch.zeros(2, in_chans, size, size)).shape[1]
+            dim = pooled_output(backbone, torch.zeros(2, in_chans, size, size)).shape[1]
         hidden, out = PROJECTION
         self.head = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
-    def _raw(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(x)
-        out = getattr(out, "logits", out)  # Inception/GoogLeNet outputs in train mode
-        return out.flatten(2).mean(2) if out.dim() > 2 else out
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self._raw(x))
+        return self.head(pooled_output(self.backbone, x))
 
 
 class SliceViews:

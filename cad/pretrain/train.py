@@ -29,7 +29,7 @@ from cad.checkpoint import Checkpoint
 from cad.config import PretrainConfig
 from cad.device import optimizer_step, select_runtime
 from cad.finetune.model import Normalize
-from cad.pretrain.contrastive import Projected, SliceViews, nt_xent
+from cad.pretrain.contrastive import Projected, SliceViews, nt_xent, pooled_output
 from cad.pretrain.shapes import ShapeSource
 
 log = logging.getLogger("cad")
@@ -60,16 +60,11 @@ class _Logits(nn.Module):
         self.classes = classes
         with torch.no_grad():
             backbone.eval()
-            dim = self._raw(torch.zeros(1, in_chans, size, size)).shape[1]
+            dim = pooled_output(backbone, torch.zeros(1, in_chans, size, size)).shape[1]
         self.extra = nn.Linear(dim, classes) if dim < classes else None
 
-    def _raw(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(x)
-        out = getattr(out, "logits", out)  # Inception/GoogLeNet outputs in train mode
-        return out.flatten(2).mean(2) if out.dim() > 2 else out
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._raw(x)
+        out = pooled_output(self.backbone, x)
         return self.extra(out) if self.extra is not None else out[:, : self.classes]
 
 
