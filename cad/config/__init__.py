@@ -1,4 +1,5 @@
-"""Pipeline configuration: the section models (``sections``) and YAML loading (``loading``)."""
+"""Pipeline configuration: the section models (``base``, ``sections``, ``pretrain``) and YAML
+loading (``loading``)."""
 
 from cad.config.loading import (
     PATH_KEYS,
@@ -12,11 +13,11 @@ from cad.config.loading import (
     redact_paths,
     validate,
 )
+from cad.config.pretrain import ContrastiveConfig, PretrainConfig
 from cad.config.sections import (
     AugmentConfig,
     BackboneConfig,
     BalanceConfig,
-    ContrastiveConfig,
     DataConfig,
     DenoiseConfig,
     EvaluateConfig,
@@ -28,7 +29,6 @@ from cad.config.sections import (
     InputConfig,
     PhantomConfig,
     PipelineConfig,
-    PretrainConfig,
     ProbeConfig,
     Runtime,
     Section,
