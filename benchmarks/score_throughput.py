@@ -248,7 +248,10 @@ def peak_rss_mb() -> float:
 
 
 def child_main(package: str, root: str, out: str, workers: str, batch_size: str) -> None:
+    from cad.cli.app import tune_process
     from cad.scoring.api import score_folder
+
+    tune_process()  # what the `cad` CLI does at start-up, before any command runs
 
     commits: list[float] = []  # when each patient's rows were committed
     start = time.perf_counter()

@@ -37,8 +37,11 @@ def _glibc() -> ctypes.CDLL | None:
 def reuse_freed_memory() -> bool:
     """Make freed large blocks reusable without page faults; True if in effect.
 
-    Idempotent and process-wide: called when a CPU runtime is selected and in worker
-    processes. A no-op (False) on other C libraries or with ``CAD_HEAP_TUNING=0``.
+    Idempotent and process-wide: the heavy CLI commands (``cad run``, ``cad score``,
+    ``cad listen``) call it at start-up and decode workers call it; the Python API does
+    not change a caller's heap, so a script calls it itself (``cad score`` through
+    ``score_folder`` without it ran at half the forward's rate: a 2x slower forward).
+    A no-op (False) on other C libraries or with ``CAD_HEAP_TUNING=0``.
     """
     if _state["tuned"]:
         return True

@@ -152,6 +152,8 @@ def score_folder(
     ``report_pdf``: also printed to PDF; see :mod:`cad.scoring.report`). Raises CadError for
     usage and model problems; bad input files end up in the errors file, never raise.
     ``_on_commit(patients_done)`` is a test hook called after each finished patient.
+    On CPU call :func:`cad.heap.reuse_freed_memory` first, as ``cad score`` does: the
+    forward runs about 2x faster with it (this function leaves the caller's heap alone).
     """
     started = time.perf_counter()
     level = look_up_option(level, LEVELS, "--level")
