@@ -6,10 +6,12 @@ patients), measures in one run:
 (a) the bare model forward (``cad.finetune.predict.Predictor``, the runtime and batch size
     scoring uses) on the same preprocessed slices already in memory, in slices/s;
 (b) ``score_folder`` end to end (grouping pass, decode workers, preprocessing, inference,
-    CSV writing) in a child process, in slices/s, with its peak memory: the main
-    process's and the largest worker's peak RSS, and the peak summed RSS and PSS of the
-    whole process tree (polled from /proc every 200 ms: reading smaps_rollup costs CPU that
-    scoring would otherwise have).
+    CSV writing) in a child process, in slices/s, with the heap tuned as the ``cad`` CLI
+    does; then once more for its peak memory: the main process's and the largest
+    worker's peak RSS, and the peak summed RSS and PSS of the whole process tree (polled
+    from /proc every 200 ms). Reading smaps_rollup for PSS costs ~50 ms of CPU per poll
+    (a quarter of a core at 200 ms), so the timed run reads only each process's ``stat``
+    and ``statm``; PSS comes from the second run.
 
 (c) scoring's decoding alone, in this process: CPU ms per slice of the header pass and of
     the study workers' ``process_study``, without worker start-up or pipes.
@@ -152,11 +154,12 @@ def bare_forward(
     return len(images) / best, best_cpu / len(images)
 
 
-def _tree(pid: int) -> dict[int, tuple[int, int, float]]:
+def _tree(pid: int, pss: bool = True) -> dict[int, tuple[int, int, float]]:
     """Per process of ``pid``'s tree (it included): (RSS bytes, PSS bytes, CPU seconds).
 
     RSS counts shared library pages once per process (torch alone maps ~0.6 GB in every
-    worker); PSS splits shared pages between the processes that map them.
+    worker); PSS splits shared pages between the processes that map them. Without
+    ``pss`` RSS comes from the cheap ``statm`` and PSS is 0.
     """
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -174,25 +177,33 @@ def _tree(pid: int) -> dict[int, tuple[int, int, float]]:
     while stack:
         current = stack.pop()
         stack.extend(children.get(current, []))
-        rss = pss = 0
+        rss = proportional = 0
         try:
+            if not pss:
+                with open(f"/proc/{current}/statm") as handle:
+                    rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                out[current] = (rss, 0, cpu.get(current, 0.0))
+                continue
             with open(f"/proc/{current}/smaps_rollup") as handle:
                 for line in handle:
                     if line.startswith("Rss:"):
                         rss = int(line.split()[1]) * 1024
                     elif line.startswith("Pss:"):
-                        pss = int(line.split()[1]) * 1024
+                        proportional = int(line.split()[1]) * 1024
         except OSError:
             continue
-        out[current] = (rss, pss, cpu.get(current, 0.0))
+        out[current] = (rss, proportional, cpu.get(current, 0.0))
     return out
 
 
-def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_size: int) -> dict:
+def score_in_child(
+    package: Path, root: Path, out: Path, workers: int, batch_size: int, pss: bool
+) -> dict:
     """Run ``score_folder`` in a fresh process; its timing, CPU and memory figures.
 
     The child's process tree (main process, fork server, decode workers) is polled from
-    /proc every 200 ms: peak summed RSS and PSS, the largest single process, and CPU time.
+    /proc every 200 ms: peak summed RSS (and PSS with ``pss``), the largest single
+    process, and CPU time.
     """
     command = [
         sys.executable,
@@ -216,7 +227,7 @@ def score_in_child(package: Path, root: Path, out: Path, workers: int, batch_siz
     main_rss: dict[int, int] = {}
     cpu: dict[int, float] = {}
     while child.poll() is None:
-        tree = _tree(child.pid)
+        tree = _tree(child.pid, pss)
         peak_rss = max(peak_rss, sum(v[0] for v in tree.values()))
         peak_pss = max(peak_pss, sum(v[1] for v in tree.values()))
         for pid, (rss, _, seconds) in tree.items():
@@ -334,9 +345,10 @@ def main() -> None:
             images = preprocessed(info.dicom_root, spec)
             forward, forward_cpu = bare_forward(package, images, args.batch_size)
             del images
-            scored = score_in_child(
-                package, info.dicom_root, Path(tmp) / f"{name}.csv", args.workers, args.batch_size
-            )
+            root, out = info.dicom_root, Path(tmp) / name
+            run = (args.workers, args.batch_size)
+            scored = score_in_child(package, root, out.with_suffix(".csv"), *run, pss=False)
+            memory = score_in_child(package, root, out.with_suffix(".memory.csv"), *run, pss=True)
             score_cpu = scored["tree_cpu_s"] / scored["slices"]
             entry = {
                 "patients": patients,
@@ -354,10 +366,11 @@ def main() -> None:
                 "forward_cpu_ms_per_slice": 1e3 * forward_cpu,
                 "score_cpu_ms_per_slice": 1e3 * score_cpu,
                 "cpu_ratio": forward_cpu / score_cpu,
-                "main_peak_rss_mb": scored["main_peak_rss_mb"],
-                "worker_peak_rss_mb": scored["worker_peak_rss_mb"],
-                "tree_peak_rss_mb": scored["tree_peak_rss_mb"],
-                "tree_peak_pss_mb": scored["tree_peak_pss_mb"],
+                "main_peak_rss_mb": memory["main_peak_rss_mb"],
+                "worker_peak_rss_mb": memory["worker_peak_rss_mb"],
+                "tree_peak_rss_mb": memory["tree_peak_rss_mb"],
+                "tree_peak_pss_mb": memory["tree_peak_pss_mb"],
+                "memory_run_steady_slices_per_s": memory["steady_slices_per_s"],
                 "load_average_1min": os.getloadavg()[0],
             }
             results["sizes"][name] = entry
