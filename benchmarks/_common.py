@@ -442,8 +442,10 @@ def add_common_args(parser: Any) -> None:
 
 
 def load_note(start: Sequence[float], end: Sequence[float]) -> str:
+    """The load before and after; judged by the load before the benchmark started, since
+    the load at the end counts the benchmark itself (a 2-core run ends near 2)."""
     note = f"load average {tuple(start)} -> {tuple(end)} on {os.cpu_count()} cores"
-    if under_load(start) or under_load(end):
+    if under_load(start):
         note += "  (UNDER LOAD: other processes shared the CPUs; compare ratios, not absolutes)"
     return note
 

@@ -171,7 +171,7 @@ def run_plain(model: TransferModel, data, cfg: FinetuneConfig) -> dict:
     """The obvious fp32 loop over the whole truncated network."""
     start = time.perf_counter()
     order = torch.from_numpy(np.asarray(data.order))
-    x = torch.from_numpy(data.images)[order]
+    x = torch.from_numpy(np.asarray(data.images)[order.numpy()])  # a writable copy
     y = torch.from_numpy(data.labels)[order]
     loader = DataLoader(
         TensorDataset(x, y),
