@@ -39,8 +39,8 @@ def reuse_freed_memory() -> bool:
 
     Idempotent and process-wide: the heavy CLI commands (``cad run``, ``cad score``,
     ``cad listen``) call it at start-up and decode workers call it; the Python API does
-    not change a caller's heap, so a script calls it itself (``cad score`` through
-    ``score_folder`` without it ran at half the forward's rate: a 2x slower forward).
+    not change a caller's heap, so a script calls it itself (scoring through
+    ``score_folder`` without it ran the forward 2x slower).
     A no-op (False) on other C libraries or with ``CAD_HEAP_TUNING=0``.
     """
     if _state["tuned"]:
