@@ -146,9 +146,10 @@ def probe_only_arm(result, cfg, n_boot: int) -> dict:
     normalize = Normalize(spec.mean, spec.std, cfg.input.in_chans)
 
     def features(images):
-        return extract_features(model, [node], images, normalize, runtime, 32, cfg.extract.pooling)[
-            node
-        ]
+        pooling = cfg.extract.pooling
+        return extract_features(
+            model, [node], images, normalize, runtime, 32, pooling, grid=cfg.extract.grid
+        )[node]
 
     samples = result.data.augment.samples()
     x_train = chain.extract.load()[node]

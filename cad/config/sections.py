@@ -167,6 +167,11 @@ class ExtractRuntime(Runtime):
 
 class ExtractConfig(Section):
     pooling: tuple[Literal["avg", "max"], ...] = ("avg",)
+    grid: tuple[int, ...] = Field(
+        (1,),
+        description="spatial pyramid levels: 1 pools each map globally, 2 adds its 2x2 "
+        "quadrants (where in the slice a response lies), ...",
+    )
     precision: Precision = "auto"
     quantize: Literal["off", "int8"] = Field(
         "off",
@@ -174,6 +179,13 @@ class ExtractConfig(Section):
         "calibrated on the first training images; CPU only), the fast path without bf16; "
         "its features differ from fp32 by a few percent (measured in README Speed)",
     )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: tuple[int, ...]) -> tuple[int, ...]:
+        if not grid or len(set(grid)) != len(grid) or not all(1 <= g <= 8 for g in grid):
+            raise ValueError("grid must list distinct levels from 1 to 8, e.g. [1, 2]")
+        return grid
 
     @field_validator("quantize", mode="before")
     @classmethod

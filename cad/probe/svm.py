@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from imblearn.pipeline import Pipeline
 from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -34,16 +35,35 @@ def solver_for(cfg: ProbeConfig, n_samples: int) -> str:
     return "libsvm" if n_samples <= LIBSVM_MAX_SAMPLES else "liblinear"
 
 
+class LinearKernel(TransformerMixin, BaseEstimator):
+    """``X -> X @ X_fit.T``: the linear kernel against the samples it was fitted on, the
+    input of ``SVC(kernel="precomputed")``. libsvm's own linear kernel computes every dot
+    product in a scalar loop; one BLAS product computes them all (10x and more for the wide
+    features of spatially pooled nodes) and the SVM it fits is the same."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> LinearKernel:
+        self.fitted_ = np.ascontiguousarray(x, dtype=np.float64)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) @ self.fitted_.T
+
+
 def make_probe(cfg: ProbeConfig, balance: BalanceConfig, n_samples: int = 0) -> Pipeline:
-    if solver_for(cfg, n_samples) == "liblinear":
-        svm = LinearSVC(C=cfg.C, max_iter=cfg.max_iter, dual="auto", random_state=0)
-    else:
-        svm = SVC(C=cfg.C, kernel=cfg.kernel, cache_size=1000, random_state=0)
-    steps = [("scale", StandardScaler())]
+    """scaler -> (resampler) -> SVM; libsvm's linear SVM on a precomputed kernel."""
+    steps: list[tuple[str, object]] = [("scale", StandardScaler())]
     sampler = make_sampler(balance)
     if sampler is not None:
         steps.append(("resample", sampler))
-    steps.append(("svm", svm))
+    if solver_for(cfg, n_samples) == "liblinear":
+        steps.append(
+            ("svm", LinearSVC(C=cfg.C, max_iter=cfg.max_iter, dual="auto", random_state=0))
+        )
+    elif cfg.kernel == "linear":
+        steps.append(("kernel", LinearKernel()))
+        steps.append(("svm", SVC(C=cfg.C, kernel="precomputed", random_state=0)))
+    else:
+        steps.append(("svm", SVC(C=cfg.C, kernel=cfg.kernel, cache_size=1000, random_state=0)))
     return Pipeline(steps)
 
 

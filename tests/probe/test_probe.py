@@ -101,7 +101,9 @@ def test_solver_follows_the_shape():
     assert solver_for(ProbeConfig(solver="liblinear"), 800) == "liblinear"
     assert solver_for(ProbeConfig(kernel="rbf", solver="liblinear"), 800) == "libsvm"
     steps = dict(make_probe(ProbeConfig(), BalanceConfig(method="over"), 800).steps)
-    assert list(steps) == ["scale", "resample", "svm"]
+    assert list(steps) == ["scale", "resample", "kernel", "svm"]
+    liblinear = dict(make_probe(ProbeConfig(), BalanceConfig(method="over"), 50_000).steps)
+    assert list(liblinear) == ["scale", "resample", "svm"]
 
 
 def test_liblinear_path_agrees_on_the_best_node():
@@ -115,3 +117,27 @@ def test_liblinear_path_agrees_on_the_best_node():
         BalanceConfig(method="over"),
     )
     assert choose_finetune_node(scores).node == "c"
+
+
+def test_the_precomputed_linear_kernel_fits_the_same_svm_as_libsvms_own() -> None:
+    """The probe's libsvm path feeds SVC a BLAS-computed linear kernel; the decision values
+    equal those of SVC(kernel="linear") on the same scaled, resampled data."""
+    from sklearn.svm import SVC
+
+    from cad.probe.svm import make_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 300)).astype(np.float32)
+    y = (x[:, :5].sum(axis=1) + rng.normal(size=120) > 1.5).astype(int)
+    probe = make_probe(ProbeConfig(C=0.01), BalanceConfig(method="over"), len(y)).fit(x, y)
+    assert list(dict(probe.steps)) == ["scale", "resample", "kernel", "svm"]
+    scaled, resampled = probe.named_steps["scale"], probe.named_steps["resample"]
+    xs, ys = resampled.fit_resample(scaled.transform(x), y)
+    reference = SVC(C=0.01, kernel="linear").fit(xs, ys)
+    test = rng.normal(size=(40, 300)).astype(np.float32)
+    np.testing.assert_allclose(
+        probe.decision_function(test),
+        reference.decision_function(scaled.transform(test)),
+        rtol=1e-6,
+        atol=1e-6,
+    )

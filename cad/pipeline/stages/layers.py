@@ -121,6 +121,7 @@ class ExtractStage(Stage[ExtractSettings]):
                 compile_min_tflop=runtime_cfg.compile_min_tflop,
                 compile_max_gflop_per_image=runtime_cfg.compile_max_gflop_per_image,
                 quantize=cfg.quantize,
+                grid=cfg.grid,
             )
         shapes = node_shapes(model, nodes, inputs.size, inputs.in_chans)
         depth = dict(zip(spec.nodes, spec.node_depths, strict=True))
