@@ -41,6 +41,10 @@ a variant is ``+``-joined tokens applied to cad's path:
 ``int8``    cad's path with ``extract.quantize: int8`` (:mod:`cad.quantize`: the frozen
             fp32 module quantized, calibrated on the first 64 images; its "% limit" is
             of a quantized 3x3 convolution's rate, measured in the same rounds);
+``wino``    (with ``cadfp32``) cad's fp32 path with every 3x3, stride-1 convolution run by
+            NNPACK's fast (Winograd/FFT) kernels (bundled with torch, AVX2; oneDNN keeps the
+            rest): a
+            prototype of a faster fp32 path for CPUs without bf16;
 ``fp32cl``  (alone) the fp32 script with channels_last; ``fp32+tN`` the fp32 script on N
             threads.
 e.g. ``--variants compile,cadcompile,nocl+b64,t1,fp32+t1``.
@@ -137,6 +141,37 @@ def fp32_script(
                 pooled = nn.functional.adaptive_avg_pool2d(t, 1).flatten(1) if t.dim() == 4 else t
                 out[n].append(pooled.numpy())
     return {n: np.concatenate(parts) for n, parts in out.items()}
+
+
+def winograd_convs(fn: Callable[[], Features]) -> Callable[[], Features]:
+    """``fn`` with fp32 3x3 stride-1 convolutions on torch's bundled NNPACK (its fast
+    Winograd/FFT algorithms, AVX2 kernels) instead of oneDNN's direct ones: fewer
+    multiplications where the fp32 FLOP limit binds."""
+
+    def nnpack_or_onednn(
+        self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (
+            self.kernel_size == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1)
+            and self.groups == 1 and x.dtype == torch.float32 and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple)
+        ):  # fmt: skip
+            return torch._nnpack_spatial_convolution(
+                x.contiguous(), weight.contiguous(), bias, list(self.padding), [1, 1]
+            )
+        return original(self, x, weight, bias)
+
+    original = nn.Conv2d._conv_forward
+    assert torch._nnpack_available()  # also initializes NNPACK
+
+    def run() -> Features:
+        nn.Conv2d._conv_forward = nnpack_or_onednn  # type: ignore[method-assign]
+        try:
+            return fn()
+        finally:
+            nn.Conv2d._conv_forward = original  # type: ignore[method-assign]
+
+    return run
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -256,6 +291,8 @@ def bench_backbone(name: str, data, args, limit: MatmulLimit, variants: Sequence
             sides[variant] = lambda vrt=vrt, vbs=vbs, int8=int8: extract_features(
                 model, nodes, images, normalize, vrt, vbs, quantize="int8" if int8 else "off"
             )
+        if "wino" in tokens:
+            sides[variant] = winograd_convs(sides[variant])
         sides[variant] = with_threads(threads, sides[variant])
 
     for side in [side for side in sides if side.startswith("fp32")]:  # the plain script's heap

@@ -1,1 +1,1 @@
-"""One-pass multi-node feature extraction with global pooling."""
+"""One-pass multi-node feature extraction with global and spatial-pyramid pooling."""
