@@ -72,7 +72,8 @@ class ExtractStage(Stage[ExtractSettings]):
     name = "extract"
     summary = (
         "one forward pass per batch returns every candidate node "
-        "(`create_feature_extractor`), globally pooled, stored per node"
+        "(`create_feature_extractor`), pooled over the whole map and, with "
+        "`extract.grid: [1, 2]`, over each quadrant too, stored per node"
     )
     settings_type = ExtractSettings
     inputs = {"training": TrainingSet, "previous": TrainedModel, "pretrained": PretrainedWeights}
