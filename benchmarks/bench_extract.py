@@ -411,6 +411,7 @@ def main() -> None:
         help="comma list, e.g. compile,cadcompile,b64,nocl,nocl+b64,fp32cl",
     )
     parser.add_argument("--no-f1", action="store_true", help="skip the probe F1 agreement check")
+    parser.add_argument("--name", default=None, help="result file name (default by --quick)")
     args = parser.parse_args()
     args.reps = args.reps or (2 if args.quick else 3)
     args.size = args.size or pipeline_input_size()
@@ -474,7 +475,7 @@ def main() -> None:
         "of the precision each side ran in, max|dF1| within the noise floor"
     )
     for name, r in results.items():
-        for side in [s for s in r["sides"] if s in ("cad", "compile", "cadcompile", "int8")]:
+        for side in [s for s in r["sides"] if s != "fp32"]:
             row = r["sides"][side]
             df1 = r.get("probe", {}).get(side, {}).get("max_abs_df1_vs_fp32", float("nan"))
             label = "cad" if side == "cad" else f"cad {side}"
@@ -486,7 +487,7 @@ def main() -> None:
                 f"max|dF1| {df1:.4f}"
             )
     print(load_note(machine["loadavg_start"], end))
-    name = "bench_extract_quick" if args.quick else "bench_extract"
+    name = args.name or ("bench_extract_quick" if args.quick else "bench_extract")
     path = write_result(
         name,
         {
