@@ -43,8 +43,7 @@ a variant is ``+``-joined tokens applied to cad's path:
             of a quantized 3x3 convolution's rate, measured in the same rounds);
 ``wino``    (with ``cadfp32``) cad's fp32 path with every 3x3, stride-1 convolution run by
             NNPACK's fast (Winograd/FFT) kernels (bundled with torch, AVX2; oneDNN keeps the
-            rest): a
-            prototype of a faster fp32 path for CPUs without bf16;
+            rest): a prototype of a faster fp32 path for CPUs without bf16;
 ``fp32cl``  (alone) the fp32 script with channels_last; ``fp32+tN`` the fp32 script on N
             threads.
 e.g. ``--variants compile,cadcompile,nocl+b64,t1,fp32+t1``.

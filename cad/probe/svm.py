@@ -38,8 +38,8 @@ def solver_for(cfg: ProbeConfig, n_samples: int) -> str:
 class LinearKernel(TransformerMixin, BaseEstimator):
     """``X -> X @ X_fit.T``: the linear kernel against the samples it was fitted on, the
     input of ``SVC(kernel="precomputed")``. libsvm's own linear kernel computes every dot
-    product in a scalar loop; one BLAS product computes them all (10x and more for the wide
-    features of spatially pooled nodes) and the SVM it fits is the same."""
+    product in a scalar loop; one BLAS product computes them all (the probe of ResNet50's
+    pyramid features ran 5x faster, README Speed) and the SVM it fits is the same."""
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> LinearKernel:
         self.fitted_ = np.ascontiguousarray(x, dtype=np.float64)
