@@ -55,8 +55,13 @@ def pool(tensor: torch.Tensor, modes: Sequence[str], grid: Sequence[int] = (1,))
             flat = x.flatten(2)
             parts += [flat.mean(dim=2) if mode == "avg" else flat.amax(dim=2) for mode in modes]
         elif x.dim() == 4:
-            cells = {"avg": F.adaptive_avg_pool2d, "max": F.adaptive_max_pool2d}
-            parts += [cells[mode](x, level).flatten(1) for mode in modes]
+            for mode in modes:
+                cell = (
+                    F.adaptive_avg_pool2d(x, level)
+                    if mode == "avg"
+                    else F.adaptive_max_pool2d(x, level)
+                )
+                parts.append(cell.flatten(1))
     return torch.cat(parts, dim=1)
 
 
