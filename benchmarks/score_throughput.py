@@ -24,7 +24,11 @@ ratio is the share of scoring's CPU spent in the forward pass itself. Writes
 ``benchmarks/results/score_throughput.json``.
 
     .venv/bin/python -m benchmarks.score_throughput [--patients 4] [--scale 10] \\
-        [--slices 24] [--size 64] [--workers 2] [--batch-size 64] [--backbone resnet18]
+        [--slices 24] [--size 64] [--workers 2] [--batch-size 64] [--backbone resnet18] \\
+        [--isa avx2]
+
+``--isa avx2`` re-runs the benchmark in the emulated AVX2-only class (its scoring child
+inherits the caps); the first line and the JSON name the CPU class of every figure.
 
 Clinical size: ``--backbone resnet50 --size 224 --patients 8 --scale 10`` (writes
 ``results/score_throughput_resnet50_224.json``).
@@ -35,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import cpu_banner, machine_info, reexec_for_isa
 from cad.config import InputConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "score_throughput.json"
@@ -309,29 +313,34 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backbone", default="resnet18", help="e.g. resnet50 at --size 224")
     parser.add_argument(
+        "--isa",
+        default="native",
+        choices=["native", "avx2"],
+        help="avx2: re-run in the emulated AVX2-only class (cad.cpu.EMULATION_ENV)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help="default: results/score_throughput.json (resnet18, 64 px), else "
-        "results/score_throughput_<backbone>_<size>.json",
+        "results/score_throughput_<backbone>_<size>[_avx2emu].json",
     )
     args = parser.parse_args()
+    reexec_for_isa(sys.argv)
     if args.out is None:
-        default = args.backbone == "resnet18" and args.size == 64
-        args.out = (
-            RESULTS
-            if default
-            else RESULTS.with_name(f"score_throughput_{args.backbone}_{args.size}.json")
-        )
+        default = args.backbone == "resnet18" and args.size == 64 and args.isa == "native"
+        suffix = "_avx2emu" if args.isa == "avx2" else ""
+        name = f"score_throughput_{args.backbone}_{args.size}{suffix}.json"
+        args.out = RESULTS if default else RESULTS.with_name(name)
 
     from cad.data.phantom import generate_phantom
     from cad.device import describe, select_runtime
 
+    print(cpu_banner(), flush=True)
     results: dict = {
         "config": vars(args) | {"out": str(args.out)},
         "runtime": describe(select_runtime("auto")),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
+        "machine": machine_info(),
         "sizes": {},
     }
     with tempfile.TemporaryDirectory(prefix="cad-bench-") as tmp:
