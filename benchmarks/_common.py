@@ -302,7 +302,7 @@ def phantom_training_set(
     return PhantomTrainingSet(
         images=np.ascontiguousarray(augment.images(), dtype=np.float32),
         labels=augment.labels(),
-        folds=np.array([assignment.folds[p] for p in column(samples, "patient")]),
+        folds=assignment.sample_folds(samples),
         order=augment.order(),
         val_images=np.ascontiguousarray(val_images, dtype=np.float32),
         val_labels=column(val_samples, "label").astype(np.int64),

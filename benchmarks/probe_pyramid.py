@@ -39,7 +39,6 @@ def pipeline_data(seed: int, workdir: Path, weights: str):
 
 def cv_scores(cfg, result, grid: tuple[int, ...], nodes: list[str]) -> dict[str, float]:
     from cad.backbones import get_spec
-    from cad.data.samples import column
     from cad.device import select_runtime
     from cad.features.extract import extract_features
     from cad.finetune.model import Normalize
@@ -51,9 +50,8 @@ def cv_scores(cfg, result, grid: tuple[int, ...], nodes: list[str]) -> dict[str,
     model, _, _ = load_backbone(cfg.backbones[0], cfg.input.in_chans, None, chain.pretrained)
     training = result.data.augment
     samples = training.samples()
-    fold_of = result.data.split.assignment().folds
-    folds = np.array([fold_of[p] for p in column(samples, "patient")])
-    labels = column(samples, "label").astype(np.int64)
+    folds = result.data.split.assignment().sample_folds(samples)
+    labels = np.array([s.label for s in samples], dtype=np.int64)
     features = extract_features(
         model,
         nodes,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import BaseModel
 
 from cad.artifacts.base import Artifact, read_model, write_model
+
+if TYPE_CHECKING:
+    from cad.data.samples import Sample
 
 
 class SplitSize(BaseModel):
@@ -26,6 +32,11 @@ class SplitAssignment(BaseModel):
 
     def patients(self, split: str) -> list[str]:
         return list(getattr(self, split))
+
+    def sample_folds(self, samples: Sequence[Sample]) -> np.ndarray:
+        """The CV fold of each sample, by its patient; only training patients have one, so
+        a sample of a validation or test patient is a KeyError, never a silent fold."""
+        return np.array([self.folds[s.patient] for s in samples], dtype=np.int64)
 
 
 class Splits(Artifact):

@@ -107,3 +107,25 @@ def test_split_and_folds_do_not_depend_on_the_pseudonym_secret():
         )
     assert sorted(back.values()) != sorted(back)  # keys really differ from the raw IDs
     assert results[0] == results[1]
+
+
+def test_each_training_sample_gets_its_patients_fold_and_no_other_patient_gets_one():
+    from cad.artifacts.splits import SplitAssignment, SplitSize
+    from cad.data.samples import Sample
+
+    size = SplitSize(patients=1, samples=1, positives=0)
+    assignment = SplitAssignment(
+        train=["a", "b"],
+        val=["v"],
+        test=[],
+        folds={"a": 1, "b": 0},
+        sizes={"train": size, "val": size, "test": size},
+    )
+
+    def sample(patient: str, i: int) -> Sample:
+        return Sample(f"s{i}", patient, "study", "series", i, 0)
+
+    folds = assignment.sample_folds([sample("b", 0), sample("a", 1), sample("a", 2)])
+    assert folds.tolist() == [0, 1, 1]
+    with pytest.raises(KeyError):  # a validation patient has no fold: never silently one
+        assignment.sample_folds([sample("a", 0), sample("v", 1)])

@@ -171,8 +171,7 @@ class ProbeStage(Stage[ProbeSettings]):
 
         index = features.index()
         samples = training.samples()
-        fold_of = splits.assignment().folds
-        folds = np.array([fold_of[p] for p in column(samples, "patient")])
+        folds = splits.assignment().sample_folds(samples)
         labels = column(samples, "label").astype(np.int64)
         depths = {n.node: n.depth for n in index.nodes}
         scores = score_nodes(
