@@ -21,6 +21,7 @@ the fast path where bf16 is missing; it is eager, so it never compiles.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -207,10 +208,9 @@ def extract_features(
     runtime and ignores its bf16 setting (the int8 copy is made from the fp32 module)."""
     from cad.cpu import cpu_info
 
+    reduce = functools.partial(pool, modes=tuple(pooling), grid=tuple(grid))
     if quantize == "int8":
-        return _extract_int8(
-            model, nodes, images, normalize, runtime, batch_size, (pooling, grid), progress
-        )
+        return _extract_int8(model, nodes, images, normalize, runtime, batch_size, reduce, progress)
     limits = compile_limits(runtime, cpu_info())
     extractor, needs_autocast = inference_module(
         multi_node_extractor(model, nodes), normalize, runtime
@@ -231,7 +231,7 @@ def extract_features(
         log.info("compiling the extractor (torch.compile, one-off)")
         forward = CompiledOrEager(extractor)
     return _run_batches(
-        forward, nodes, images, runtime, batch_size, (pooling, grid), progress, pad, autocast
+        forward, nodes, images, runtime, batch_size, reduce, progress, pad, autocast
     )
 
 
@@ -241,7 +241,7 @@ def _run_batches(
     images: np.ndarray,
     runtime: Runtime,
     batch_size: int,
-    pooling: tuple[Sequence[str], Sequence[int]],
+    reduce: Callable[[torch.Tensor], torch.Tensor],  # a node's map -> (N, D) features
     progress: Callable[[int], None] | None,
     pad: bool = False,
     autocast: Callable = contextlib.nullcontext,
@@ -258,7 +258,7 @@ def _run_batches(
         with autocast():
             features = forward(batch)
         for node in nodes:
-            out[node].append(pool(features[node][:real], *pooling).cpu().numpy())
+            out[node].append(reduce(features[node][:real]).cpu().numpy())
         if progress:
             progress(real)
     return {node: np.concatenate(parts) for node, parts in out.items()}
@@ -271,7 +271,7 @@ def _extract_int8(
     normalize: Normalize,
     runtime: Runtime,
     batch_size: int,
-    pooling: tuple[Sequence[str], Sequence[int]],
+    reduce: Callable[[torch.Tensor], torch.Tensor],
     progress: Callable[[int], None] | None,
 ) -> dict[str, np.ndarray]:
     from cad.quantize import calibration_batches, quantize_int8
@@ -289,5 +289,5 @@ def _extract_int8(
     used = sum(len(batch) for batch in calibration)
     log.info("quantizing the extractor to int8 (calibrated on %d training images)", used)
     return _run_batches(
-        quantize_int8(extractor, calibration), nodes, images, fp32, batch_size, pooling, progress
+        quantize_int8(extractor, calibration), nodes, images, fp32, batch_size, reduce, progress
     )
