@@ -38,3 +38,30 @@ def test_no_second_exec_once_the_caps_are_set_and_none_for_native(monkeypatch) -
 def test_an_unknown_class_is_refused() -> None:
     with pytest.raises(SystemExit, match="--isa avx9"):
         _common.reexec_for_isa(["b.py", "--isa", "avx9"])
+
+
+def test_the_scoring_child_of_score_throughput_runs_under_the_same_caps(monkeypatch) -> None:
+    """score_throughput times ``cad score`` in a child process: an --isa avx2 figure is
+    only an AVX2 figure if that child inherits the caps the benchmark re-ran under."""
+    from pathlib import Path
+
+    from benchmarks import score_throughput
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def popen(command, **kwargs):
+        seen.update(kwargs["env"])
+        raise Stop
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setattr(score_throughput.subprocess, "Popen", popen)
+    with pytest.raises(Stop):
+        score_throughput.score_in_child(Path("p"), Path("r"), Path("o"), 2, 64, pss=False)
+    assert seen["ATEN_CPU_CAPABILITY"] == "avx2" and seen["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert seen["FBGEMM_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert seen["CAD_SECRET"].startswith("benchmark-")  # the secret, never on the command line
